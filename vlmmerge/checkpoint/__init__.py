@@ -1,0 +1,19 @@
+"""Reading checkpoints lazily by runtime name, and writing outputs atomically."""
+
+from vlmmerge.checkpoint.files import WeightFiles, resolve_model_path
+from vlmmerge.checkpoint.naming import KeyMapper, build_meta_model, model_class_for
+from vlmmerge.checkpoint.reader import Checkpoint, TensorInfo
+from vlmmerge.checkpoint.writer import ShardedSafetensorsWriter, atomic_output_dir, parse_size
+
+__all__ = [
+    "Checkpoint",
+    "KeyMapper",
+    "ShardedSafetensorsWriter",
+    "TensorInfo",
+    "WeightFiles",
+    "atomic_output_dir",
+    "build_meta_model",
+    "model_class_for",
+    "parse_size",
+    "resolve_model_path",
+]

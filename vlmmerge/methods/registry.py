@@ -1,0 +1,317 @@
+"""Merge methods by name: parameter names, defaults and model counts, checked before the math runs.
+
+Parameter names and defaults are mergekit 0.1.5's, so a mergekit recipe means the same here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlmmerge.errors import IncompatibleModelsError, RecipeError
+from vlmmerge.methods import interpolation, task_vectors
+from vlmmerge.methods.sparsify import RESCALE_NORMS
+
+# Per-model recipe parameter -> keyword (a list, one value per model) of the pure function.
+_PER_MODEL_KEYWORDS = {"weight": "weights", "density": "densities", "gamma": "gammas", "epsilon": "epsilons"}
+# Global recipe parameter -> keyword of the pure function; None: accepted for mergekit
+# compatibility, no effect on the result (int8_mask only changes mergekit's mask storage).
+_GLOBAL_KEYWORDS: dict[str, str | None] = {
+    "lambda": "lambda_",
+    "int8_mask": None,
+    "nuslerp_row_wise": "row_wise",
+    "nuslerp_flatten": "flatten",
+}
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A merge method: its parameters, the model counts it accepts, and its pure function.
+
+    `min_models` / `max_models` count every model of the merge, the base included.
+    `fn` is called as fn(base, tensors, **params) when the method takes a base model, else as
+    fn(tensors, **params); per-model parameters arrive as lists (weight -> weights, ...).
+    """
+
+    name: str
+    needs_base: bool
+    model_params: Mapping[str, float | None]
+    global_params: Mapping[str, Any]
+    random: bool
+    min_models: int
+    max_models: int | None
+    fn: Callable[..., Tensor]
+    accepts_base: bool | None = None  # None: same as needs_base; nuslerp takes an optional base
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def takes_base(self) -> bool:
+        return self.needs_base if self.accepts_base is None else self.accepts_base
+
+    def merge(
+        self,
+        base: Tensor | None,
+        tensors: Sequence[Tensor],
+        model_params: Sequence[Mapping[str, float]],
+        global_params: Mapping[str, Any],
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Validate parameter names and model counts, fill defaults, run the pure function.
+
+        `tensors` excludes the base model for methods that take one. `model_params[i]` holds the
+        per-model parameters of `tensors[i]`. A random method draws from `generator` (torch's
+        global generator when None).
+        """
+        self._check_models(base, tensors, model_params)
+        kwargs = self.resolve_global_params(global_params)
+        per_model = [self.resolve_model_params(params, index) for index, params in enumerate(model_params)]
+        for name in self.model_params:
+            kwargs[_PER_MODEL_KEYWORDS.get(name, name)] = [params[name] for params in per_model]
+        if self.random:
+            kwargs["generator"] = generator
+        if self.takes_base:
+            return self.fn(base, list(tensors), **kwargs)
+        return self.fn(list(tensors), **kwargs)
+
+    def resolve_model_params(self, params: Mapping[str, Any], index: int | None = None) -> dict[str, float]:
+        """Per-model parameters with defaults filled in; RecipeError naming a bad key."""
+        where = f"model {index} of method {self.name!r}" if index is not None else f"method {self.name!r}"
+        unknown = sorted(set(params) - set(self.model_params))
+        if unknown:
+            known = ", ".join(self.model_params) or "none"
+            raise RecipeError(f"unknown per-model parameter {unknown[0]!r} for {where}; known: {known}")
+        resolved = {}
+        for name, default in self.model_params.items():
+            value = params.get(name, default)
+            if value is None:
+                raise RecipeError(f"missing required parameter {name!r} for {where}")
+            resolved[name] = _as_float(name, value, where)
+        return resolved
+
+    def resolve_global_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Global parameters with defaults, keyed by the pure function's keyword names."""
+        where = f"method {self.name!r}"
+        unknown = sorted(set(params) - set(self.global_params))
+        if unknown:
+            known = ", ".join(self.global_params) or "none"
+            raise RecipeError(f"unknown parameter {unknown[0]!r} for {where}; known: {known}")
+        resolved: dict[str, Any] = {}
+        for name, default in self.global_params.items():
+            value = params.get(name, default)
+            if value is None:
+                raise RecipeError(f"missing required parameter {name!r} for {where}")
+            keyword = _GLOBAL_KEYWORDS.get(name, name)
+            if keyword is None:
+                _check_type(name, value, default, self.choices.get(name), where)
+                continue
+            resolved[keyword] = _check_type(name, value, default, self.choices.get(name), where)
+        return resolved
+
+    def _check_models(
+        self, base: Tensor | None, tensors: Sequence[Tensor], model_params: Sequence[Mapping[str, float]]
+    ) -> None:
+        if self.needs_base and base is None:
+            raise RecipeError(f"method {self.name!r} needs a base_model")
+        if base is not None and not self.takes_base:
+            raise RecipeError(
+                f"method {self.name!r} takes no separate base tensor: list the base among the models"
+            )
+        if len(model_params) != len(tensors):
+            raise RecipeError(
+                f"method {self.name!r}: {len(tensors)} tensors but {len(model_params)} per-model parameter sets"
+            )
+        count = len(tensors) + (1 if base is not None else 0)
+        if count < self.min_models or (self.max_models is not None and count > self.max_models):
+            if self.max_models is None:
+                expected = f"at least {self.min_models}"
+            elif self.max_models == self.min_models:
+                expected = f"exactly {self.min_models}"
+            else:
+                expected = f"{self.min_models} to {self.max_models}"
+            raise RecipeError(
+                f"method {self.name!r} merges {expected} models (base included), got {count}"
+            )
+        shapes = [tuple(t.shape) for t in ([base] if base is not None else []) + list(tensors)]
+        if any(shape != shapes[0] for shape in shapes):
+            raise IncompatibleModelsError(f"method {self.name!r}: tensor shapes differ: {shapes}")
+
+
+def _as_float(name: str, value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecipeError(f"parameter {name!r} for {where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RecipeError(f"parameter {name!r} for {where} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_type(name: str, value: Any, default: Any, choices: tuple[str, ...] | None, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise RecipeError(f"parameter {name!r} for {where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str) or (choices is not None and value not in choices):
+            raise RecipeError(f"parameter {name!r} for {where} must be one of {list(choices or ())}, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"parameter {name!r} for {where} must be an integer, got {value!r}")
+        return value
+    return _as_float(name, value, where)
+
+
+def _slerp_models(base: Tensor, tensors: Sequence[Tensor], t: float) -> Tensor:
+    return interpolation.slerp(base, tensors[0], t)
+
+
+_TASK_VECTOR_GLOBALS = {"int8_mask": False, "lambda": 1.0, "rescale_norm": "l1"}
+_RESCALE_CHOICES = MappingProxyType({"rescale_norm": RESCALE_NORMS})
+
+
+def _task_vector_method(
+    name: str,
+    fn: Callable[..., Tensor],
+    *,
+    normalize: bool,
+    rescale: bool,
+    extra_model_params: Mapping[str, float] = MappingProxyType({}),
+    random: bool = False,
+    description: str = "",
+) -> MergeMethod:
+    model_params: dict[str, float | None] = {"weight": None, "density": 1.0, **extra_model_params}
+    global_params = {"normalize": normalize, "rescale": rescale, **_TASK_VECTOR_GLOBALS}
+    return MergeMethod(
+        name=name,
+        needs_base=True,
+        model_params=MappingProxyType(model_params),
+        global_params=MappingProxyType(global_params),
+        random=random,
+        min_models=1,
+        max_models=None,
+        fn=fn,
+        choices=_RESCALE_CHOICES,
+        description=description,
+    )
+
+
+def _build_methods() -> dict[str, MergeMethod]:
+    methods = [
+        MergeMethod(
+            name="linear",
+            needs_base=False,
+            model_params=MappingProxyType({"weight": None}),
+            global_params=MappingProxyType({"normalize": True}),
+            random=False,
+            min_models=1,
+            max_models=None,
+            fn=interpolation.linear,
+            description="Weighted average of the models (the base, if any, is one of them).",
+        ),
+        MergeMethod(
+            name="task_arithmetic",
+            needs_base=True,
+            model_params=MappingProxyType({"weight": None}),
+            global_params=MappingProxyType({"normalize": False, "int8_mask": False, "lambda": 1.0}),
+            random=False,
+            min_models=1,
+            max_models=None,
+            fn=task_vectors.task_arithmetic,
+            description="base + lambda * sum of weighted task vectors.",
+        ),
+        _task_vector_method(
+            "ties", task_vectors.ties, normalize=True, rescale=False,
+            description="TIES: magnitude trim, sign election, disjoint mean.",
+        ),
+        _task_vector_method(
+            "dare_linear", task_vectors.dare_linear, normalize=False, rescale=True, random=True,
+            description="DARE random drop and rescale, then task arithmetic.",
+        ),
+        _task_vector_method(
+            "dare_ties", task_vectors.dare_ties, normalize=False, rescale=True, random=True,
+            description="DARE random drop and rescale, then TIES sign election.",
+        ),
+        _task_vector_method(
+            "breadcrumbs", task_vectors.breadcrumbs, normalize=False, rescale=False,
+            extra_model_params={"gamma": 0.01},
+            description="Model Breadcrumbs: drop outliers and small entries, then task arithmetic.",
+        ),
+        _task_vector_method(
+            "breadcrumbs_ties", task_vectors.breadcrumbs_ties, normalize=False, rescale=False,
+            extra_model_params={"gamma": 0.01},
+            description="Model Breadcrumbs sparsification with TIES sign election.",
+        ),
+        _task_vector_method(
+            "della", task_vectors.della, normalize=True, rescale=True, random=True,
+            extra_model_params={"epsilon": 0.15},
+            description="DELLA: magnitude-ranked random drop, TIES sign election.",
+        ),
+        _task_vector_method(
+            "della_linear", task_vectors.della_linear, normalize=False, rescale=True, random=True,
+            extra_model_params={"epsilon": 0.15},
+            description="DELLA drop, then task arithmetic.",
+        ),
+        MergeMethod(
+            name="slerp",
+            needs_base=True,
+            model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"t": None}),
+            random=False,
+            min_models=2,
+            max_models=2,
+            fn=_slerp_models,
+            description="Spherical interpolation from the base (t = 0) to the other model (t = 1).",
+        ),
+        MergeMethod(
+            name="model_stock",
+            needs_base=True,
+            model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"filter_wise": False}),
+            random=False,
+            min_models=3,
+            max_models=None,
+            fn=interpolation.model_stock,
+            description="Model Stock: interpolate base and fine-tune average by their task-vector angle.",
+        ),
+        MergeMethod(
+            name="nuslerp",
+            needs_base=False,
+            accepts_base=True,
+            model_params=MappingProxyType({"weight": None}),
+            global_params=MappingProxyType({"nuslerp_row_wise": False, "nuslerp_flatten": True}),
+            random=False,
+            min_models=2,
+            max_models=3,
+            fn=interpolation.nuslerp_merge,
+            description="SLERP of two models (or of their task vectors when a base is given).",
+        ),
+        MergeMethod(
+            name="karcher",
+            needs_base=False,
+            model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"max_iter": 10, "tol": 1e-5}),
+            random=False,
+            min_models=1,
+            max_models=None,
+            fn=interpolation.karcher,
+            description="Karcher mean on the sphere of equally weighted models.",
+        ),
+    ]
+    return {method.name: method for method in methods}
+
+
+METHODS: dict[str, MergeMethod] = _build_methods()
+
+
+def get_method(name: str) -> MergeMethod:
+    """The method registered under `name`; RecipeError listing the known names otherwise."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise RecipeError(f"unknown merge method {name!r}; known: {', '.join(sorted(METHODS))}") from None

@@ -1,0 +1,275 @@
+"""Sparsification of task vectors: magnitude top-k, breadcrumbs, DARE and DELLA drops.
+
+All functions take a delta tensor (finetuned - base) that the caller owns: they may modify it in
+place and return it. Selection never sorts a whole tensor: an exact rank threshold is found with
+`torch.kthvalue` on a small bracket located by a deterministic sample (see `value_at_rank`).
+
+Ties at a rank boundary are broken by flat index: among equal magnitudes the element with the
+lower index ranks lower (ascending order), as a stable sort would order them. mergekit 0.1.5 uses
+an unstable `argsort`, so it agrees with us exactly whenever the boundary values are distinct.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vlmmerge.errors import RecipeError
+
+# Below this many elements `torch.kthvalue` on the whole tensor is already cheap.
+_DIRECT_SELECT_MAX = 1 << 20
+# Size of the deterministic sample that brackets the wanted rank in large tensors.
+_SAMPLE_SIZE = 1 << 16
+_SAMPLE_SEED = 0x5EED
+# mergekit's tolerance below which an L1/L2/Linf norm is treated as zero (no rescaling).
+RESCALE_EPS = 1e-7
+
+RESCALE_NORMS = ("l1", "l2", "linf", "probability")
+
+
+def _count(mask: Tensor) -> int:
+    return int(torch.count_nonzero(mask))
+
+
+def value_at_rank(values: Tensor, rank: int) -> Tensor:
+    """The value at 0-based ascending `rank` of a 1-D tensor: `torch.kthvalue(values, rank + 1)`.
+
+    For large tensors a fixed-seed random sample brackets the rank; only the elements inside the
+    bracket go to `kthvalue`. The answer is exact: if the bracket misses (adversarial data), the
+    whole tensor is searched. The caller's random generator is never touched.
+    """
+    n = values.numel()
+    if not 0 <= rank < n:
+        raise ValueError(f"rank {rank} out of range for {n} values")
+    if n <= _DIRECT_SELECT_MAX:
+        return torch.kthvalue(values, rank + 1).values
+    sampler = torch.Generator(device=values.device).manual_seed(_SAMPLE_SEED)
+    picks = torch.randint(n, (_SAMPLE_SIZE,), generator=sampler, device=values.device)
+    sample = values[picks].sort().values
+    q = rank / n
+    margin = 4.0 * math.sqrt(_SAMPLE_SIZE * q * (1.0 - q)) + 32.0
+    lo_index = int(q * _SAMPLE_SIZE - margin)
+    hi_index = int(math.ceil(q * _SAMPLE_SIZE + margin))
+    below = 0
+    inside: Tensor | None = None
+    if lo_index > 0:
+        lo = sample[lo_index]
+        below = _count(values < lo)
+        inside = values >= lo
+    if hi_index < _SAMPLE_SIZE - 1:
+        hi = sample[hi_index]
+        inside = values <= hi if inside is None else inside.logical_and_(values <= hi)
+    candidates = values if inside is None else values[inside]
+    if below <= rank < below + candidates.numel():
+        return torch.kthvalue(candidates, rank - below + 1).values
+    return torch.kthvalue(values, rank + 1).values
+
+
+def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
+    """Boolean mask (shape of `values`) of the elements whose ascending rank lies in [start, stop).
+
+    Ranks order by value, ties by flat index. Two exact rank thresholds, no sort.
+    """
+    flat = values.reshape(-1)
+    n = flat.numel()
+    start, stop = max(start, 0), min(stop, n)
+    if stop <= start:
+        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    if start == 0 and stop == n:
+        return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    lo = value_at_rank(flat, start) if start > 0 else None
+    hi = value_at_rank(flat, stop - 1) if stop < n else None
+    if lo is not None:
+        mask = flat >= lo
+        if hi is not None:
+            mask.logical_and_(flat <= hi)
+    else:
+        mask = flat <= hi
+    if _count(mask) != stop - start:
+        # Ties at a boundary value: drop the tied elements that rank outside [start, stop).
+        if lo is not None:
+            excess_low = start - _count(flat < lo)
+            if excess_low > 0:
+                mask[torch.nonzero(flat == lo).squeeze(1)[:excess_low]] = False
+        if hi is not None:
+            excess_high = (n - stop) - _count(flat > hi)
+            if excess_high > 0:
+                mask[torch.nonzero(flat == hi).squeeze(1)[-excess_high:]] = False
+    return mask.reshape(values.shape)
+
+
+def rescale_to_norm(masked: Tensor, before: Tensor, norm: str) -> Tensor:
+    """Scale `masked` in place so its `norm` equals `before` (the unmasked tensor's norm).
+
+    No scaling when either norm is below 1e-7 (mergekit's `rescaled_masked_tensor`).
+    """
+    if norm == "l1":
+        after = masked.abs().sum()
+    elif norm == "l2":
+        after = torch.linalg.vector_norm(masked)
+    elif norm == "linf":
+        after = masked.abs().max() if masked.numel() else masked.new_zeros(())
+    else:
+        raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of l1, l2, linf")
+    if before < RESCALE_EPS or after < RESCALE_EPS:
+        return masked
+    return masked.mul_(before / after)
+
+
+def _norm_of(tensor: Tensor, norm: str) -> Tensor:
+    if norm == "l1":
+        return tensor.abs().sum()
+    if norm == "l2":
+        return torch.linalg.vector_norm(tensor)
+    if norm == "linf":
+        return tensor.abs().max() if tensor.numel() else tensor.new_zeros(())
+    raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of {', '.join(RESCALE_NORMS)}")
+
+
+def _check_deterministic_norm(rescale_norm: str | None) -> None:
+    if rescale_norm == "probability":
+        raise RecipeError(
+            "rescale_norm: 'probability' applies only to random drops (DARE, DELLA); "
+            "magnitude trimming keeps elements with certainty"
+        )
+
+
+def _apply_keep_mask(delta: Tensor, keep: Tensor, rescale_norm: str | None) -> Tensor:
+    before = _norm_of(delta, rescale_norm) if rescale_norm is not None else None
+    delta.mul_(keep)
+    if rescale_norm is not None:
+        rescale_to_norm(delta, before, rescale_norm)
+    return delta
+
+
+def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = None) -> Tensor:
+    """Keep the `density` fraction of largest-magnitude entries (TIES trim); zero the rest.
+
+    mergekit semantics: k = max(1, int(density * numel)); density >= 1 keeps all, density <= 0
+    keeps none. With `rescale_norm` the kept entries are scaled to the original norm.
+    Modifies `delta` in place and returns it.
+    """
+    _check_deterministic_norm(rescale_norm)
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return delta.zero_()
+    n = delta.numel()
+    k = max(1, int(density * n))
+    keep = rank_range_mask(delta.abs(), n - k, n)
+    return _apply_keep_mask(delta, keep, rescale_norm)
+
+
+def trim_outliers(
+    delta: Tensor, density: float, gamma: float = 0.01, rescale_norm: str | None = None
+) -> Tensor:
+    """Model Breadcrumbs: drop the `gamma` fraction of largest magnitudes, then the smallest,
+    keeping `density` of the entries.
+
+    mergekit semantics: target = int(density * n), n_top = int(gamma * n),
+    n_bottom = max(0, n - target - n_top); keep ascending ranks [n_bottom, n_bottom + target).
+    Modifies `delta` in place and returns it.
+    """
+    _check_deterministic_norm(rescale_norm)
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bottom = max(0, n - target - n_top)
+    keep = rank_range_mask(delta.abs(), n_bottom, n_bottom + target)
+    return _apply_keep_mask(delta, keep, rescale_norm)
+
+
+def dare_mask(
+    shape: torch.Size | tuple[int, ...],
+    density: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Boolean keep-mask with P(keep) = density, drawn from `generator` (default: torch's global).
+
+    Draws exactly the uniforms `torch.bernoulli(torch.full(shape, density))` draws, so the same
+    generator state gives mergekit's mask.
+    """
+    uniforms = torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
+    return torch.lt(uniforms, density, out=torch.empty(shape, dtype=torch.bool, device=device))
+
+
+def dare_sparsify(
+    delta: Tensor,
+    density: float,
+    generator: torch.Generator | None = None,
+    rescale_norm: str | None = "l1",
+) -> Tensor:
+    """DARE (Yu et al., 2023): drop each entry with probability 1 - density, rescale the rest.
+
+    `rescale_norm` "l1" (mergekit 0.1.5) matches the L1 norm of the delta; "probability" divides
+    by the density (the paper's unbiased 1/(1-p)); None keeps the survivors as they are.
+    density >= 1 returns `delta` untouched and draws nothing. Modifies `delta` in place.
+    """
+    if density >= 1:
+        return delta
+    keep = dare_mask(delta.shape, density, generator, delta.device)
+    if rescale_norm == "probability":
+        if density <= 0:
+            return delta.zero_()
+        return delta.mul_(keep).div_(density)
+    return _apply_keep_mask(delta, keep, rescale_norm)
+
+
+def della_keep_probabilities(magnitudes: Tensor, density: float, epsilon: float) -> Tensor:
+    """DELLA MagPrune: per-row rank-scaled keep probabilities in [density - eps, density + eps].
+
+    Ranks are taken along dim 1 (a 1-D tensor is one row): the smallest magnitude gets
+    density - epsilon, the largest density + epsilon, linear in rank between.
+    """
+    rows = magnitudes if magnitudes.dim() >= 2 else magnitudes.unsqueeze(0)
+    width = rows.shape[1]
+    order = torch.argsort(rows, dim=1)
+    ranks = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+    positions = torch.arange(width, dtype=torch.float32, device=rows.device)
+    positions = positions.view((1, width) + (1,) * (rows.dim() - 2)).expand(rows.shape)
+    ranks.scatter_(1, order, positions)
+    del order
+    if width > 1:
+        rank_norm = ranks.div_(width - 1).clamp_(0, 1)
+    else:
+        # A single element per row has no rank spread (mergekit divides 0 by 0 here).
+        rank_norm = ranks.fill_(0.5)
+    probabilities = rank_norm.mul_(2).mul_(epsilon).add_(density - epsilon)
+    return probabilities.reshape(magnitudes.shape)
+
+
+def della_sparsify(
+    delta: Tensor,
+    density: float,
+    epsilon: float,
+    generator: torch.Generator | None = None,
+    rescale_norm: str | None = "l1",
+) -> Tensor:
+    """DELLA (Deep et al., 2024) MagPrune drop with magnitude-ranked keep probabilities.
+
+    Same uniforms as mergekit's `torch.bernoulli(probs)`. `rescale_norm` as in `dare_sparsify`
+    ("probability" divides each survivor by its own keep probability, the paper's formula).
+    density >= 1 returns `delta`; density <= 0 zeros it; otherwise density +/- epsilon must lie
+    in (0, 1). Modifies `delta` in place.
+    """
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return delta.zero_()
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise RecipeError(
+            f"epsilon: density +/- epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
+        )
+    probabilities = della_keep_probabilities(delta.abs(), density, epsilon)
+    uniforms = torch.rand(probabilities.shape, generator=generator, dtype=torch.float32, device=delta.device)
+    keep = uniforms.lt_(probabilities)
+    del uniforms
+    if rescale_norm == "probability":
+        return delta.mul_(keep).div_(probabilities)
+    del probabilities
+    return _apply_keep_mask(delta, keep, rescale_norm)

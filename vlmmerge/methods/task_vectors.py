@@ -1,0 +1,313 @@
+"""Task-vector merges: task arithmetic, TIES, DARE, Model Breadcrumbs, DELLA.
+
+All share one shape (mergekit's "generalized task arithmetic"):
+
+    delta_i   = sparsify(finetuned_i - base)              # per model, optional
+    delta_i  *= weight_i
+    mask_i    = sign(delta_i) == elected sign              # consensus methods only
+    merged    = sum_i mask_i * delta_i
+    divisor   = sum_i mask_i * weight_i                    # 0 -> 1
+              (no consensus: sum_i weight_i, |.| < 1e-8 -> 1)
+    merged   /= divisor                                    # if normalize
+    result    = base + lambda * merged
+
+The base model's own weight or density (if the recipe lists it among the models) plays no part:
+its delta is zero and it never enters the divisor (mergekit binds those parameters to non-base
+models only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from vlmmerge.errors import RecipeError
+from vlmmerge.methods.sparsify import (
+    dare_sparsify,
+    della_sparsify,
+    trim_outliers,
+    trim_to_density,
+)
+
+# sparsify(delta, model_index) -> delta (may modify its argument in place)
+Sparsifier = Callable[[Tensor, int], Tensor]
+
+
+def work_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (merges never run in half precision)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_lengths(finetuned: Sequence[Tensor], **per_model: Sequence[float] | None) -> None:
+    for name, values in per_model.items():
+        if values is not None and len(values) != len(finetuned):
+            raise RecipeError(f"{name}: expected {len(finetuned)} values (one per model), got {len(values)}")
+
+
+def elect_sign(weighted_deltas: Tensor, method: str = "sum") -> Tensor:
+    """Elected sign (+1/-1) per element from stacked weighted deltas [models, ...].
+
+    "sum" (TIES): sign of the sum of the weighted deltas, ties (0) go to +1.
+    "count": the sign held by more models, ties go to +1.
+    """
+    if method == "sum":
+        positive = weighted_deltas.sum(dim=0) >= 0
+    elif method == "count":
+        positive = torch.sign(weighted_deltas).sum(dim=0) >= 0
+    else:
+        raise RecipeError(f"consensus method {method!r} unknown; expected 'sum' or 'count'")
+    return positive.to(weighted_deltas.dtype).mul_(2).sub_(1)
+
+
+def generalized_task_arithmetic(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    *,
+    sparsify: Sparsifier | None = None,
+    consensus: str | None = None,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+) -> Tensor:
+    """The shared task-vector merge (see module docstring). Returns a new tensor."""
+    _check_lengths(finetuned, weight=weights)
+    dtype = work_dtype(base, *finetuned)
+    base = base.to(dtype)
+    if not finetuned:
+        return base.clone()
+    weights_t = torch.tensor(list(weights), dtype=dtype)  # weights rounded as mergekit rounds them
+
+    def weighted_delta(i: int, out: Tensor | None = None) -> Tensor:
+        # Subtraction promotes a half-precision input without an intermediate float32 copy.
+        delta = torch.sub(finetuned[i], base) if out is None else torch.sub(finetuned[i], base, out=out)
+        if sparsify is not None:
+            delta = sparsify(delta, i)
+        return delta.mul_(weights_t[i])
+
+    if consensus is None:
+        merged = weighted_delta(0)
+        for i in range(1, len(finetuned)):
+            merged.add_(weighted_delta(i))
+        divisor = weights_t.sum()
+        if divisor.abs() < 1e-8:
+            divisor = torch.ones((), dtype=dtype)
+    else:
+        deltas = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=base.device)
+        for i in range(len(finetuned)):
+            result = weighted_delta(i, out=deltas[i])
+            if result.data_ptr() != deltas[i].data_ptr():
+                deltas[i].copy_(result)
+            del result
+        elected = elect_sign(deltas, consensus)
+        merged = torch.zeros_like(base)
+        divisor = torch.zeros_like(base)
+        for i in range(len(finetuned)):
+            agrees = (deltas[i] * elected).gt_(0)
+            merged.addcmul_(deltas[i], agrees)
+            divisor.add_(agrees.mul_(weights_t[i]))
+            del agrees
+        del deltas, elected
+        divisor.masked_fill_(divisor == 0, 1)
+    if normalize:
+        merged.div_(divisor)
+    if lambda_ != 1:
+        merged.mul_(lambda_)
+    return merged.add_(base)
+
+
+def _rescale_norm(rescale: bool, rescale_norm: str) -> str | None:
+    return rescale_norm if rescale else None
+
+
+def task_arithmetic(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    normalize: bool = False,
+    lambda_: float = 1.0,
+) -> Tensor:
+    """Task arithmetic (Ilharco et al., 2023): base + lambda * sum_i w_i (theta_i - base)."""
+    return generalized_task_arithmetic(base, finetuned, weights, normalize=normalize, lambda_=lambda_)
+
+
+def ties(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    normalize: bool = True,
+    lambda_: float = 1.0,
+    rescale: bool = False,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """TIES-Merging (Yadav et al., 2023): trim to top-k magnitude, elect sign, disjoint mean.
+
+    The sign is elected on the weighted deltas (mergekit), not the unweighted ones (paper).
+    """
+    _check_lengths(finetuned, density=densities)
+    norm = _rescale_norm(rescale, rescale_norm)
+    return generalized_task_arithmetic(
+        base, finetuned, weights,
+        sparsify=lambda delta, i: trim_to_density(delta, densities[i], norm),
+        consensus="sum", normalize=normalize, lambda_=lambda_,
+    )
+
+
+def _dare(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generator: torch.Generator | None,
+    rescale: bool,
+    normalize: bool,
+    lambda_: float,
+    rescale_norm: str,
+    consensus: str | None,
+) -> Tensor:
+    _check_lengths(finetuned, density=densities)
+    norm = _rescale_norm(rescale, rescale_norm)
+    return generalized_task_arithmetic(
+        base, finetuned, weights,
+        sparsify=lambda delta, i: dare_sparsify(delta, densities[i], generator, norm),
+        consensus=consensus, normalize=normalize, lambda_=lambda_,
+    )
+
+
+def dare_linear(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """DARE (Yu et al., 2023) drop-and-rescale, then task arithmetic."""
+    return _dare(base, finetuned, weights, densities, generator, rescale, normalize, lambda_, rescale_norm, None)
+
+
+def dare_ties(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """DARE drop-and-rescale, then TIES sign election and disjoint merge."""
+    return _dare(base, finetuned, weights, densities, generator, rescale, normalize, lambda_, rescale_norm, "sum")
+
+
+def _breadcrumbs(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    gammas: Sequence[float] | None,
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    rescale_norm: str,
+    consensus: str | None,
+) -> Tensor:
+    gammas = [0.01] * len(finetuned) if gammas is None else gammas
+    _check_lengths(finetuned, density=densities, gamma=gammas)
+    norm = _rescale_norm(rescale, rescale_norm)
+    return generalized_task_arithmetic(
+        base, finetuned, weights,
+        sparsify=lambda delta, i: trim_outliers(delta, densities[i], gammas[i], norm),
+        consensus=consensus, normalize=normalize, lambda_=lambda_,
+    )
+
+
+def breadcrumbs(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    gammas: Sequence[float] | None = None,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    rescale: bool = False,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """Model Breadcrumbs (Davari & Belilovsky, 2023): drop outliers and small entries, then sum."""
+    return _breadcrumbs(base, finetuned, weights, densities, gammas, normalize, lambda_, rescale, rescale_norm, None)
+
+
+def breadcrumbs_ties(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    gammas: Sequence[float] | None = None,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    rescale: bool = False,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """Model Breadcrumbs sparsification with TIES sign election."""
+    return _breadcrumbs(base, finetuned, weights, densities, gammas, normalize, lambda_, rescale, rescale_norm, "sum")
+
+
+def _della(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    epsilons: Sequence[float] | None,
+    generator: torch.Generator | None,
+    rescale: bool,
+    normalize: bool,
+    lambda_: float,
+    rescale_norm: str,
+    consensus: str | None,
+) -> Tensor:
+    epsilons = [0.15] * len(finetuned) if epsilons is None else epsilons
+    _check_lengths(finetuned, density=densities, epsilon=epsilons)
+    norm = _rescale_norm(rescale, rescale_norm)
+    return generalized_task_arithmetic(
+        base, finetuned, weights,
+        sparsify=lambda delta, i: della_sparsify(delta, densities[i], epsilons[i], generator, norm),
+        consensus=consensus, normalize=normalize, lambda_=lambda_,
+    )
+
+
+def della(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    epsilons: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+    normalize: bool = True,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """DELLA-Merging (Deep et al., 2024): MagPrune drop, TIES sign election, disjoint merge."""
+    return _della(base, finetuned, weights, densities, epsilons, generator, rescale, normalize, lambda_, rescale_norm, "sum")
+
+
+def della_linear(
+    base: Tensor,
+    finetuned: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    epsilons: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+) -> Tensor:
+    """DELLA MagPrune drop, then task arithmetic (no sign election)."""
+    return _della(base, finetuned, weights, densities, epsilons, generator, rescale, normalize, lambda_, rescale_norm, None)

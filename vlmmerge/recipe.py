@@ -1,0 +1,164 @@
+"""Merge recipes: mergekit's YAML form, plus vlmmerge's keys (`host`, `seed`, `options`, `evolve`).
+
+An existing mergekit recipe (`models:` form) loads unchanged. Parameter values follow mergekit:
+a scalar; a list of numbers interpolated linearly across layers at t = layer / (num_layers - 1)
+(non-layer tensors take t = 0); or a list of `{filter, value}` entries where the first entry whose
+`filter` is a substring of the tensor name (or is absent / "*") applies.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vlmmerge.errors import RecipeError
+
+Scalar = Union[bool, int, float, str]
+
+
+class ConditionalParameter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filter: str | None = None
+    value: "ParameterSetting"
+
+
+ParameterSetting = Union[Scalar, list[Scalar], list[ConditionalParameter], ConditionalParameter]
+ConditionalParameter.model_rebuild()
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: dict[str, ParameterSetting] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _no_lora(cls, value: str) -> str:
+        if "+" in value:
+            raise ValueError(f"model {value!r}: 'model+lora' references are not supported; merge the LoRA first")
+        return value
+
+
+class MergeOptions(BaseModel):
+    """Engine knobs; all have defaults that suit a workstation CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    compute_dtype: str = "float32"
+    max_shard_size: str = "2GB"
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str
+    models: list[ModelEntry]
+    base_model: str | None = None
+    parameters: dict[str, ParameterSetting] = Field(default_factory=dict)
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    tokenizer: dict[str, Any] | None = None  # mergekit's newer form; only `source` is used
+    chat_template: str | None = None
+    name: str | None = None
+    # vlmmerge keys
+    host: str | None = None
+    seed: int = 0
+    options: MergeOptions = Field(default_factory=MergeOptions)
+    evolve: dict[str, Any] | None = None  # validated by vlmmerge.search
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one(cls, value: list[ModelEntry]) -> list[ModelEntry]:
+        if not value:
+            raise ValueError("`models` is empty")
+        return value
+
+    @property
+    def model_refs(self) -> list[str]:
+        """Every distinct model the recipe reads, base first."""
+        refs = [self.base_model] if self.base_model else []
+        for entry in self.models:
+            if entry.model not in refs:
+                refs.append(entry.model)
+        return refs
+
+    @property
+    def output_dtype(self) -> str | None:
+        return self.out_dtype or self.dtype
+
+    @property
+    def tokenizer_ref(self) -> str | None:
+        if self.tokenizer and self.tokenizer.get("source"):
+            return str(self.tokenizer["source"])
+        return self.tokenizer_source
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        data["merge_method"] = self.merge_method
+        data["models"] = [e.model_dump(mode="json", exclude_defaults=True) for e in self.models]
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def load_recipe(source: str | Path | dict) -> Recipe:
+    """Read and validate a recipe from a YAML file, YAML text or a dict; errors name the key at fault."""
+    where = "recipe"
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.exists():
+                raise RecipeError(f"recipe file not found: {path}")
+            where = str(path)
+            text = path.read_text(encoding="utf-8")
+        else:
+            text = str(source)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{where}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping at the top level")
+    if "slices" in data and "models" not in data:
+        raise RecipeError(
+            f"{where}: mergekit `slices:` recipes (passthrough / frankenmerges) are not supported; "
+            "use the `models:` form (data-flow merging is planned as its own feature)"
+        )
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise RecipeError(f"{where}: {details}") from None
+
+
+def resolve_setting(setting: ParameterSetting, tensor_name: str, t: float) -> Scalar | None:
+    """A parameter's value for one tensor at relative depth t in [0, 1] (mergekit's rules)."""
+    if isinstance(setting, ConditionalParameter):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float, str)):
+        return setting
+    if not setting:
+        return None
+    if all(isinstance(e, (bool, int, float, str)) for e in setting):
+        numeric = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting)
+        if not numeric:
+            return setting[int(t * (len(setting) - 1))]
+        position = t * (len(setting) - 1)
+        lower = int(math.floor(position))
+        upper = min(len(setting) - 1, lower + 1)
+        frac = position - lower
+        return (1 - frac) * setting[lower] + frac * setting[upper]
+    for entry in setting:
+        if not isinstance(entry, ConditionalParameter):
+            raise RecipeError(f"parameter list mixes numbers and filter entries: {setting!r}")
+        if entry.filter in (None, "*") or entry.filter in tensor_name:
+            return resolve_setting(entry.value, tensor_name, t)
+    return None
