@@ -212,10 +212,19 @@ def select_members(recipe: Recipe, method: MergeMethod, sources: Mapping[str, So
     """The models passed to the method as `tensors`: all listed models, minus the base for base methods."""
     members = []
     for entry in recipe.models:
-        if method.needs_base and entry.model == recipe.base_model:
+        if method.takes_base and entry.model == recipe.base_model:
             continue
         members.append(Member(sources[entry.model], entry))
     return members
+
+
+def check_model_count(method: MergeMethod, count: int) -> None:
+    if count < method.min_models or (method.max_models is not None and count > method.max_models):
+        expected = f"at least {method.min_models}" if method.max_models is None else (
+            f"{method.min_models} to {method.max_models}" if method.max_models != method.min_models
+            else f"exactly {method.min_models}"
+        )
+        raise RecipeError(f"merge_method {method.name}: merges {expected} models (base included), the recipe gives {count}")
 
 
 def plan_merge(recipe: Recipe | str | Path | dict, open_source: Callable[[str], Source] = Source.open) -> MergePlan:
@@ -231,9 +240,9 @@ def plan_merge(recipe: Recipe | str | Path | dict, open_source: Callable[[str], 
         refs = recipe.model_refs
     sources = {ref: open_source(ref) for ref in refs}
     host = choose_host(recipe, sources)
-    base = sources[recipe.base_model] if (recipe.base_model and method.needs_base) else None
+    base = sources[recipe.base_model] if (recipe.base_model and method.takes_base) else None
     members = select_members(recipe, method, sources)
-    method.check_count(len(members), has_base=base is not None)
+    check_model_count(method, len(members) + (base is not None))
 
     participants = ([base] if base else []) + [m.source for m in members]
     for other in {id(s): s for s in participants}.values():

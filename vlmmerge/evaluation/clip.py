@@ -38,7 +38,8 @@ class ClipSpec:
 
 
 class ClipScorer:
-    """A loaded open_clip model; caches image embeddings by caller-supplied keys."""
+    """A loaded open_clip model. Image embeddings can be cached in a caller-owned dict
+    (the Evaluator keeps one, since its images never change between calls)."""
 
     def __init__(self, spec: ClipSpec, device: str | torch.device = "cpu") -> None:
         import open_clip
@@ -58,13 +59,13 @@ class ClipScorer:
             ) from exc
         self.model = model.eval()
         self.preprocess = preprocess
-        self._image_cache: dict[Hashable, torch.Tensor] = {}
 
     @torch.inference_mode()
     def image_embeddings(self, images: Sequence[Image.Image], keys: Sequence[Hashable] | None = None,
-                         batch_size: int = 32) -> torch.Tensor:
-        keys = list(keys) if keys is not None else [None] * len(images)
-        todo = [i for i, k in enumerate(keys) if k is None or k not in self._image_cache]
+                         cache: dict[Hashable, torch.Tensor] | None = None, batch_size: int = 32) -> torch.Tensor:
+        keys = list(keys) if keys is not None and cache is not None else [None] * len(images)
+        cache = cache if cache is not None else {}
+        todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
         fresh: dict[int, torch.Tensor] = {}
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
@@ -73,8 +74,8 @@ class ClipScorer:
             for i, e in zip(chunk, emb):
                 fresh[i] = e
                 if keys[i] is not None:
-                    self._image_cache[keys[i]] = e
-        return torch.stack([fresh[i] if i in fresh else self._image_cache[keys[i]] for i in range(len(images))])
+                    cache[keys[i]] = e
+        return torch.stack([fresh[i] if i in fresh else cache[keys[i]] for i in range(len(images))])
 
     @torch.inference_mode()
     def text_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -86,12 +87,12 @@ class ClipScorer:
         return torch.cat(out) if out else torch.empty(0)
 
     def scores(self, images: Sequence[Image.Image], texts: Sequence[str], keys: Sequence[Hashable] | None = None,
-               weight: float = CLIP_SCORE_WEIGHT) -> list[float]:
+               cache: dict[Hashable, torch.Tensor] | None = None, weight: float = CLIP_SCORE_WEIGHT) -> list[float]:
         if len(images) != len(texts):
             raise VlmMergeError(f"CLIP score needs one text per image, got {len(texts)} texts and {len(images)} images")
         if not texts:
             return []
-        cos = (self.image_embeddings(images, keys) * self.text_embeddings(texts)).sum(-1)
+        cos = (self.image_embeddings(images, keys, cache) * self.text_embeddings(texts)).sum(-1)
         return clip_score_from_cosine(cos, weight).tolist()
 
 

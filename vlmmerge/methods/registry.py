@@ -20,14 +20,8 @@ from vlmmerge.methods.sparsify import RESCALE_NORMS
 
 # Per-model recipe parameter -> keyword (a list, one value per model) of the pure function.
 _PER_MODEL_KEYWORDS = {"weight": "weights", "density": "densities", "gamma": "gammas", "epsilon": "epsilons"}
-# Global recipe parameter -> keyword of the pure function; None: accepted for mergekit
-# compatibility, no effect on the result (int8_mask only changes mergekit's mask storage).
-_GLOBAL_KEYWORDS: dict[str, str | None] = {
-    "lambda": "lambda_",
-    "int8_mask": None,
-    "nuslerp_row_wise": "row_wise",
-    "nuslerp_flatten": "flatten",
-}
+# Global recipe parameter -> keyword of the pure function.
+_GLOBAL_KEYWORDS = {"lambda": "lambda_", "nuslerp_row_wise": "row_wise", "nuslerp_flatten": "flatten"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +43,10 @@ class MergeMethod:
     fn: Callable[..., Tensor]
     accepts_base: bool | None = None  # None: same as needs_base; nuslerp takes an optional base
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Parameters mergekit accepts for this method that cannot change its result (int8_mask only
+    # changes mergekit's mask storage; task_arithmetic has no sparsification to use density):
+    # validated, then not passed on.
+    inert_params: frozenset[str] = frozenset()
     description: str = ""
 
     @property
@@ -73,7 +71,8 @@ class MergeMethod:
         kwargs = self.resolve_global_params(global_params)
         per_model = [self.resolve_model_params(params, index) for index, params in enumerate(model_params)]
         for name in self.model_params:
-            kwargs[_PER_MODEL_KEYWORDS.get(name, name)] = [params[name] for params in per_model]
+            if name not in self.inert_params:
+                kwargs[_PER_MODEL_KEYWORDS.get(name, name)] = [params[name] for params in per_model]
         if self.random:
             kwargs["generator"] = generator
         if self.takes_base:
@@ -107,11 +106,9 @@ class MergeMethod:
             value = params.get(name, default)
             if value is None:
                 raise RecipeError(f"missing required parameter {name!r} for {where}")
-            keyword = _GLOBAL_KEYWORDS.get(name, name)
-            if keyword is None:
-                _check_type(name, value, default, self.choices.get(name), where)
-                continue
-            resolved[keyword] = _check_type(name, value, default, self.choices.get(name), where)
+            value = _check_type(name, value, default, self.choices.get(name), where)
+            if name not in self.inert_params:
+                resolved[_GLOBAL_KEYWORDS.get(name, name)] = value
         return resolved
 
     def _check_models(
@@ -171,7 +168,7 @@ def _slerp_models(base: Tensor, tensors: Sequence[Tensor], t: float) -> Tensor:
     return interpolation.slerp(base, tensors[0], t)
 
 
-_TASK_VECTOR_GLOBALS = {"int8_mask": False, "lambda": 1.0, "rescale_norm": "l1"}
+_TASK_VECTOR_GLOBALS = {"int8_mask": False, "lambda": 1.0}
 _RESCALE_CHOICES = MappingProxyType({"rescale_norm": RESCALE_NORMS})
 
 
@@ -183,10 +180,13 @@ def _task_vector_method(
     rescale: bool,
     extra_model_params: Mapping[str, float] = MappingProxyType({}),
     random: bool = False,
+    inert: frozenset[str] = frozenset({"int8_mask"}),
     description: str = "",
 ) -> MergeMethod:
     model_params: dict[str, float | None] = {"weight": None, "density": 1.0, **extra_model_params}
-    global_params = {"normalize": normalize, "rescale": rescale, **_TASK_VECTOR_GLOBALS}
+    global_params: dict[str, Any] = {"normalize": normalize, "rescale": rescale, **_TASK_VECTOR_GLOBALS}
+    if "rescale" not in inert:
+        global_params["rescale_norm"] = "l1"  # vlmmerge's extension; l1 is mergekit's only norm
     return MergeMethod(
         name=name,
         needs_base=True,
@@ -197,6 +197,7 @@ def _task_vector_method(
         max_models=None,
         fn=fn,
         choices=_RESCALE_CHOICES,
+        inert_params=inert,
         description=description,
     )
 
@@ -214,15 +215,9 @@ def _build_methods() -> dict[str, MergeMethod]:
             fn=interpolation.linear,
             description="Weighted average of the models (the base, if any, is one of them).",
         ),
-        MergeMethod(
-            name="task_arithmetic",
-            needs_base=True,
-            model_params=MappingProxyType({"weight": None}),
-            global_params=MappingProxyType({"normalize": False, "int8_mask": False, "lambda": 1.0}),
-            random=False,
-            min_models=1,
-            max_models=None,
-            fn=task_vectors.task_arithmetic,
+        _task_vector_method(
+            "task_arithmetic", task_vectors.task_arithmetic, normalize=False, rescale=False,
+            inert=frozenset({"int8_mask", "density", "rescale"}),
             description="base + lambda * sum of weighted task vectors.",
         ),
         _task_vector_method(

@@ -8,6 +8,11 @@ tensor names, shapes and loading paths of its transformers class.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,172 +135,170 @@ def _check_family(family: str) -> None:
         raise KeyError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
 
 
-def _text(**extra: Any) -> dict[str, Any]:
-    return {**TEXT_DIMS, **extra}
+def _mrope_section(head_dim: int, interleaved: bool) -> list[int]:
+    """Temporal/height/width rotary sections summing to head_dim / 2, in the real models' ratios
+    (Qwen2-VL [16, 24, 24] and Qwen3-VL [24, 20, 20] at head_dim 128)."""
+    half = head_dim // 2
+    spatial = half * 5 // 16 if interleaved else half * 3 // 8
+    return [half - 2 * spatial, spatial, spatial]
 
 
-def _vision(**extra: Any) -> dict[str, Any]:
-    return {**VISION_DIMS, **extra}
-
-
-def _base_config(family: str) -> PretrainedConfig:
-    """The tiny config of `family`, before user overrides."""
+def _family_spec(
+    family: str, text_overrides: dict[str, Any], vision_overrides: dict[str, Any]
+) -> tuple[type[PretrainedConfig], dict[str, Any]]:
+    """The config class of `family` and its constructor arguments (sub-configs already built)."""
     t = transformers
     tok = lambda name: added_token_id(family, name)  # noqa: E731
+
+    def text(**family_defaults: Any) -> dict[str, Any]:
+        return {**TEXT_DIMS, **family_defaults, **text_overrides}
+
+    def vision(**family_defaults: Any) -> dict[str, Any]:
+        return {**VISION_DIMS, **family_defaults, **vision_overrides}
+
+    def gemma3_text_values() -> dict[str, Any]:
+        values = text(sliding_window=16)
+        values.setdefault("query_pre_attn_scalar", values["head_dim"])
+        # Every second layer is global, the last one included, as in Gemma 3's 5:1 pattern scaled down.
+        values.setdefault(
+            "layer_types",
+            ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(values["num_hidden_layers"])],
+        )
+        return values
+
+    lm_specs = {
+        "llama": (t.LlamaConfig, {}),
+        "mistral": (t.MistralConfig, {"sliding_window": None}),
+        "qwen2": (t.Qwen2Config, {}),
+        "qwen3": (t.Qwen3Config, {}),
+        "gemma": (t.GemmaConfig, {"hidden_activation": "gelu_pytorch_tanh"}),
+    }
+    if family in lm_specs:
+        config_class, defaults = lm_specs[family]
+        return config_class, text(**defaults)
+    if family == "gemma3_text":
+        return t.Gemma3TextConfig, gemma3_text_values()
+
+    clip_vision = lambda: t.CLIPVisionConfig(**vision(projection_dim=VISION_DIMS["hidden_size"]))  # noqa: E731
+    siglip_vision = lambda: t.SiglipVisionConfig(**vision(vision_use_head=False))  # noqa: E731
+    tokens_per_image = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
+                 [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
     if family == "llava":
-        return t.LlavaConfig(
-            text_config=t.LlamaConfig(**_text()),
-            vision_config=t.CLIPVisionConfig(**_vision(projection_dim=32)),
-            image_token_index=tok("<image>"),
-            image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
+        return t.LlavaConfig, dict(
+            text_config=t.LlamaConfig(**text()), vision_config=clip_vision(),
+            image_token_index=tok("<image>"), image_seq_length=tokens_per_image,
+            vision_feature_layer=-2, vision_feature_select_strategy="default",
         )
     if family == "llava_next":
         # LLaVA-1.6-Mistral (the EvoVLM-JP base) pairs CLIP with a Mistral language model.
-        return t.LlavaNextConfig(
-            text_config=t.MistralConfig(**_text(sliding_window=None)),
-            vision_config=t.CLIPVisionConfig(**_vision(projection_dim=32)),
-            image_token_index=tok("<image>"),
-            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
-            image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
+        return t.LlavaNextConfig, dict(
+            text_config=t.MistralConfig(**text(sliding_window=None)), vision_config=clip_vision(),
+            image_token_index=tok("<image>"), image_grid_pinpoints=pinpoints, image_seq_length=tokens_per_image,
+            vision_feature_layer=-2, vision_feature_select_strategy="default",
         )
     if family == "llava_onevision":
-        return t.LlavaOnevisionConfig(
-            text_config=t.Qwen2Config(**_text()),
-            vision_config=t.SiglipVisionConfig(**_vision(vision_use_head=False)),
-            image_token_index=tok("<image>"),
-            video_token_index=tok("<video>"),
-            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
-            vision_aspect_ratio="anyres_max_9",
-            vision_feature_layer=-1,
-            vision_feature_select_strategy="full",
+        return t.LlavaOnevisionConfig, dict(
+            text_config=t.Qwen2Config(**text()), vision_config=siglip_vision(),
+            image_token_index=tok("<image>"), video_token_index=tok("<video>"),
+            image_grid_pinpoints=pinpoints, vision_aspect_ratio="anyres_max_9",
+            vision_feature_layer=-1, vision_feature_select_strategy="full",
         )
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         ids = dict(
-            vision_start_token_id=tok("<|vision_start|>"),
-            vision_end_token_id=tok("<|vision_end|>"),
-            image_token_id=tok("<|image_pad|>"),
-            video_token_id=tok("<|video_pad|>"),
+            vision_start_token_id=tok("<|vision_start|>"), vision_end_token_id=tok("<|vision_end|>"),
+            image_token_id=tok("<|image_pad|>"), video_token_id=tok("<|video_pad|>"),
         )
-        vis = dict(depth=2, num_heads=2, patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2)
-        head_half = TEXT_DIMS["head_dim"] // 2
+        interleaved = family == "qwen3_vl"
+        text_values = text()
+        rope = {"rope_type": "default", "rope_theta": 10000.0,
+                "mrope_section": _mrope_section(text_values["head_dim"], interleaved)}
+        if interleaved:
+            rope["mrope_interleaved"] = True
+        text_values.setdefault("rope_parameters", rope)
+        lm_hidden = text_values["hidden_size"]
+        common = dict(depth=VISION_DIMS["num_hidden_layers"], num_heads=VISION_DIMS["num_attention_heads"],
+                      patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2)
         if family == "qwen2_vl":
-            rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-            assert sum(rope["mrope_section"]) == head_half
-            return t.Qwen2VLConfig(
-                text_config=t.Qwen2VLTextConfig(**_text(rope_parameters=rope)),
-                vision_config=t.Qwen2VLVisionConfig(**vis, embed_dim=32, mlp_ratio=2, hidden_size=64),
-                **ids,
+            vision_values = {**common, "embed_dim": VISION_DIMS["hidden_size"], "mlp_ratio": 2,
+                             "hidden_size": lm_hidden, **vision_overrides}
+            return t.Qwen2VLConfig, dict(
+                text_config=t.Qwen2VLTextConfig(**text_values),
+                vision_config=t.Qwen2VLVisionConfig(**vision_values), **ids,
             )
+        vision_values = {**common, "hidden_size": VISION_DIMS["hidden_size"],
+                         "intermediate_size": VISION_DIMS["intermediate_size"], "out_hidden_size": lm_hidden}
         if family == "qwen2_5_vl":
-            rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-            return t.Qwen2_5_VLConfig(
-                text_config=t.Qwen2_5_VLTextConfig(**_text(rope_parameters=rope)),
-                vision_config=t.Qwen2_5_VLVisionConfig(
-                    **vis, hidden_size=32, intermediate_size=64, out_hidden_size=64,
-                    window_size=32, fullatt_block_indexes=[1],
-                ),
-                **ids,
+            vision_values.update(window_size=IMAGE_SIZE, fullatt_block_indexes=[1])
+            return t.Qwen2_5_VLConfig, dict(
+                text_config=t.Qwen2_5_VLTextConfig(**text_values),
+                vision_config=t.Qwen2_5_VLVisionConfig(**{**vision_values, **vision_overrides}), **ids,
             )
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
-        return t.Qwen3VLConfig(
-            text_config=t.Qwen3VLTextConfig(**_text(rope_parameters=rope)),
-            vision_config=t.Qwen3VLVisionConfig(
-                **vis, hidden_size=32, intermediate_size=64, out_hidden_size=64,
-                num_position_embeddings=16, deepstack_visual_indexes=[0],
-            ),
-            **ids,
+        # 16 learned positions = a 4x4 patch grid, the grid of one 32-pixel image.
+        vision_values.update(num_position_embeddings=(IMAGE_SIZE // PATCH_SIZE) ** 2, deepstack_visual_indexes=[0])
+        return t.Qwen3VLConfig, dict(
+            text_config=t.Qwen3VLTextConfig(**text_values),
+            vision_config=t.Qwen3VLVisionConfig(**{**vision_values, **vision_overrides}), **ids,
         )
     if family in ("idefics3", "smolvlm"):
-        cls, vcls = (
+        config_class, vision_class = (
             (t.Idefics3Config, t.Idefics3VisionConfig) if family == "idefics3"
             else (t.SmolVLMConfig, t.SmolVLMVisionConfig)
         )
-        return cls(
-            text_config=t.LlamaConfig(**_text()),
-            vision_config=vcls(**_vision()),
-            image_token_id=tok("<image>"),
-            scale_factor=2,
-            pad_token_id=PAD_ID,
+        return config_class, dict(
+            text_config=t.LlamaConfig(**text()), vision_config=vision_class(**vision()),
+            image_token_id=tok("<image>"), scale_factor=2, pad_token_id=PAD_ID,
         )
     if family == "paligemma":
-        return t.PaliGemmaConfig(
-            text_config=t.GemmaConfig(**_text(hidden_activation="gelu_pytorch_tanh")),
-            vision_config=t.SiglipVisionConfig(**_vision(vision_use_head=False)),
-            image_token_index=tok("<image>"),
-            vocab_size=VOCAB_SIZE,
-            projection_dim=TEXT_DIMS["hidden_size"],
-            hidden_size=TEXT_DIMS["hidden_size"],
+        text_values = text(hidden_activation="gelu_pytorch_tanh")
+        return t.PaliGemmaConfig, dict(
+            text_config=t.GemmaConfig(**text_values), vision_config=siglip_vision(),
+            image_token_index=tok("<image>"), vocab_size=text_values["vocab_size"],
+            # the projector maps vision features to projection_dim: it must be the LM width
+            projection_dim=text_values["hidden_size"], hidden_size=text_values["hidden_size"],
         )
     if family == "gemma3":
-        return t.Gemma3Config(
-            text_config=_gemma3_text_config(),
-            vision_config=t.SiglipVisionConfig(**_vision(vision_use_head=False)),
-            mm_tokens_per_image=4,
-            boi_token_index=tok("<start_of_image>"),
-            eoi_token_index=tok("<end_of_image>"),
+        return t.Gemma3Config, dict(
+            text_config=t.Gemma3TextConfig(**gemma3_text_values()), vision_config=siglip_vision(),
+            mm_tokens_per_image=tokens_per_image // 4,
+            boi_token_index=tok("<start_of_image>"), eoi_token_index=tok("<end_of_image>"),
             image_token_index=tok("<image_soft_token>"),
         )
     if family == "mistral3":
-        return t.Mistral3Config(
-            text_config=t.MistralConfig(**_text(sliding_window=None)),
-            vision_config=t.PixtralVisionConfig(**_vision(head_dim=16)),
-            image_token_index=tok("[IMG]"),
-            spatial_merge_size=2,
-            vision_feature_layer=-1,
+        return t.Mistral3Config, dict(
+            text_config=t.MistralConfig(**text(sliding_window=None)),
+            vision_config=t.PixtralVisionConfig(**vision(head_dim=VISION_DIMS["hidden_size"] // 2)),
+            image_token_index=tok("[IMG]"), spatial_merge_size=2, vision_feature_layer=-1,
         )
     if family == "internvl":
-        return t.InternVLConfig(
-            text_config=t.Qwen2Config(**_text()),
+        return t.InternVLConfig, dict(
+            text_config=t.Qwen2Config(**text()),
             vision_config=t.InternVLVisionConfig(
-                **{**_vision(), "image_size": [IMAGE_SIZE, IMAGE_SIZE], "patch_size": [PATCH_SIZE, PATCH_SIZE]}
+                **vision(image_size=[IMAGE_SIZE, IMAGE_SIZE], patch_size=[PATCH_SIZE, PATCH_SIZE])
             ),
-            image_token_id=tok("<IMG_CONTEXT>"),
-            image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2 // 4,
-            downsample_ratio=0.5,
+            image_token_id=tok("<IMG_CONTEXT>"), image_seq_length=tokens_per_image // 4, downsample_ratio=0.5,
         )
-    if family == "llama":
-        return t.LlamaConfig(**_text())
-    if family == "mistral":
-        return t.MistralConfig(**_text(sliding_window=None))
-    if family == "qwen2":
-        return t.Qwen2Config(**_text())
-    if family == "qwen3":
-        return t.Qwen3Config(**_text())
-    if family == "gemma":
-        return t.GemmaConfig(**_text(hidden_activation="gelu_pytorch_tanh"))
-    if family == "gemma3_text":
-        return _gemma3_text_config()
     raise KeyError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
 
 
-def _gemma3_text_config() -> PretrainedConfig:
-    return transformers.Gemma3TextConfig(
-        **_text(
-            query_pre_attn_scalar=TEXT_DIMS["head_dim"],
-            sliding_window=16,
-            layer_types=["sliding_attention", "full_attention"],
-        )
-    )
-
-
 def tiny_config(family: str, **overrides: Any) -> PretrainedConfig:
-    """A deterministic tiny config of `family`; `overrides` set top-level config attributes.
+    """A deterministic tiny config of `family`, built with `overrides` applied at construction.
 
-    `text_config={...}` / `vision_config={...}` dicts update those sub-configs key by key.
+    Causal-LM families take config arguments directly (`num_hidden_layers=4`). VLM families take
+    top-level arguments plus `text_config={...}` / `vision_config={...}` dicts merged into the tiny
+    sub-configs (dependent values such as Qwen's mrope_section or PaliGemma's projection_dim follow).
+    The processors of `tiny_processor` assume the default 32-pixel image geometry.
     """
     _check_family(family)
-    config = _base_config(family)
-    for key, value in overrides.items():
-        if key in ("text_config", "vision_config") and isinstance(value, dict):
-            sub = getattr(config, key)
-            for sub_key, sub_value in value.items():
-                setattr(sub, sub_key, sub_value)
-        else:
-            setattr(config, key, value)
+    overrides = dict(overrides)
+    if family in LM_FAMILIES:
+        text_overrides, vision_overrides, top_overrides = overrides, {}, {}
+    else:
+        text_overrides = dict(overrides.pop("text_config", None) or {})
+        vision_overrides = dict(overrides.pop("vision_config", None) or {})
+        top_overrides = overrides
+    config_class, values = _family_spec(family, text_overrides, vision_overrides)
+    config = config_class(**{**values, **top_overrides})
     config.architectures = [MODEL_CLASS_NAMES[family]]
     return config
 
@@ -383,7 +386,7 @@ _CHAT_TEMPLATE = (
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' -%}{{ ' ' }}@@IMAGE@@"
     "{%- elif part['type'] == 'text' -%}{{ ' ' + part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}\n"
+    "{%- endfor -%}{%- endif -%}{{ '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
 )
@@ -391,6 +394,7 @@ _CHAT_TEMPLATE = (
 
 def chat_template(family: str) -> str:
     """The tiny chat template of `family` (images rendered as IMAGE_PLACEHOLDER[family])."""
+    _check_family(family)
     return _CHAT_TEMPLATE.replace("@@IMAGE@@", IMAGE_PLACEHOLDER.get(family, ""))
 
 
@@ -423,7 +427,8 @@ def tiny_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
         add_bos_token=_ADDS_BOS[family],
         add_eos_token=False,
         extra_special_tokens=dict(_NAMED_SPECIAL_TOKENS.get(family, {})),
-        chat_template=chat_template(family) if family in VLM_FAMILIES else _CHAT_TEMPLATE,
+        # PaliGemma is prompted without a chat template, as the real checkpoints are.
+        chat_template=None if family == "paligemma" else chat_template(family),
         model_max_length=TEXT_DIMS["max_position_embeddings"],
         padding_side="left",
     )
@@ -595,4 +600,300 @@ def smoke_inputs(family: str, processor: Any = None) -> dict[str, torch.Tensor]:
         encoded = processor(smoke_prompt(family), return_tensors="pt")
     else:
         encoded = processor(images=[smoke_image()], text=[smoke_prompt(family)], return_tensors="pt")
-    return {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+    # PaliGemma's processor also returns training labels (all -100 without a suffix): not an input.
+    return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor) and k != "labels"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Families of configs and models; matching causal LMs; fine-tune stand-ins
+
+_FAMILY_OF_CLASS = {name: family for family, name in MODEL_CLASS_NAMES.items()}
+
+# Language-side config model_type -> the standalone causal-LM config class with the same tensors.
+_LM_CONFIG_FOR_TEXT_TYPE: dict[str, str] = {
+    "llama": "LlamaConfig",
+    "mistral": "MistralConfig",
+    "qwen2": "Qwen2Config",
+    "qwen2_vl_text": "Qwen2Config",
+    "qwen2_5_vl_text": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "qwen3_vl_text": "Qwen3Config",
+    "gemma": "GemmaConfig",
+    "gemma3_text": "Gemma3TextConfig",
+}
+# Multimodal-only settings of a VLM's text config that a standalone causal LM must not inherit.
+_VLM_ONLY_TEXT_KEYS = ("num_image_tokens", "use_bidirectional_attention", "architectures", "model_type",
+                       "transformers_version", "_name_or_path", "tie_word_embeddings")
+_VLM_ONLY_ROPE_KEYS = ("mrope_section", "mrope_interleaved")
+
+
+def family_of_config(config: PretrainedConfig) -> str:
+    """The tiny-family key of a config (by its architecture, else its model_type)."""
+    for architecture in getattr(config, "architectures", None) or ():
+        if architecture in _FAMILY_OF_CLASS:
+            return _FAMILY_OF_CLASS[architecture]
+    model_type = getattr(config, "model_type", None)
+    if model_type in FAMILIES:
+        return model_type
+    raise KeyError(f"no tiny family for architectures={getattr(config, 'architectures', None)} "
+                   f"model_type={model_type!r}")
+
+
+def family_of_model(model: PreTrainedModel) -> str:
+    name = type(model).__name__
+    if name in _FAMILY_OF_CLASS:
+        return _FAMILY_OF_CLASS[name]
+    return family_of_config(model.config)
+
+
+def matching_lm_config(vlm_config: PretrainedConfig) -> PretrainedConfig:
+    """A standalone causal-LM config whose tensors equal the VLM language side's.
+
+    Names match after replacing `model.language_model.` / `model.text_model.` by `model.`; shapes match.
+    Multimodal rope settings (`mrope_section`) are dropped; weight tying follows the VLM's top-level
+    config, which is what decides tying in transformers 5.
+    """
+    text = vlm_config.get_text_config()
+    if text is vlm_config:
+        raise ValueError(f"config of model_type {vlm_config.model_type!r} has no text_config: not a VLM")
+    class_name = _LM_CONFIG_FOR_TEXT_TYPE.get(text.model_type)
+    if class_name is None:
+        raise KeyError(f"no standalone causal-LM config known for text model_type {text.model_type!r}")
+    values = {k: v for k, v in text.to_dict().items() if k not in _VLM_ONLY_TEXT_KEYS}
+    rope = values.get("rope_parameters")
+    if isinstance(rope, dict):
+        values["rope_parameters"] = {k: v for k, v in rope.items() if k not in _VLM_ONLY_ROPE_KEYS}
+    config_class = getattr(transformers, class_name)
+    lm_config = config_class(**values)
+    tied = getattr(vlm_config, "tie_word_embeddings", None)
+    if tied is None:
+        tied = getattr(text, "tie_word_embeddings", False)
+    lm_config.tie_word_embeddings = bool(tied)
+    lm_architecture = {
+        "LlamaConfig": "LlamaForCausalLM", "MistralConfig": "MistralForCausalLM", "Qwen2Config": "Qwen2ForCausalLM",
+        "Qwen3Config": "Qwen3ForCausalLM", "GemmaConfig": "GemmaForCausalLM", "Gemma3TextConfig": "Gemma3ForCausalLM",
+    }[class_name]
+    lm_config.architectures = [lm_architecture]
+    return lm_config
+
+
+def build_tiny_lm_for(vlm_family: str, seed: int = 1, vocab_size: int | None = None) -> PreTrainedModel:
+    """A random causal LM shaped like `vlm_family`'s language side (float32, eval mode).
+
+    `vocab_size` smaller than the VLM's mimics a VLM that appended rows (LLaVA-1.6: 32064 vs 32000).
+    """
+    if vlm_family not in VLM_FAMILIES:
+        raise KeyError(f"{vlm_family!r} is not a VLM family; known: {', '.join(VLM_FAMILIES)}")
+    lm_config = matching_lm_config(tiny_config(vlm_family))
+    if vocab_size is not None:
+        lm_config.vocab_size = vocab_size
+    torch.manual_seed(seed)
+    model = getattr(transformers, lm_config.architectures[0])(lm_config)
+    return model.to(torch.float32).eval()
+
+
+def finetune_like(model: PreTrainedModel, seed: int, scale: float = 0.02) -> PreTrainedModel:
+    """A copy of `model` whose floating-point parameters moved by seeded N(0, scale^2) noise.
+
+    Parameters are visited in `named_parameters()` order from one generator seeded with `seed`, so
+    the result is reproducible; tied parameters stay tied (they are one parameter).
+    """
+    tuned = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, parameter in tuned.named_parameters():
+            if parameter.is_floating_point():
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+                parameter.add_((noise * scale).to(parameter.dtype))
+    return tuned
+
+
+# ---------------------------------------------------------------------------------------------
+# On-disk layouts
+
+LAYOUTS: tuple[str, ...] = ("default", "runtime", "hub_llava", "qwen2_vl_original")
+FORMATS: tuple[str, ...] = ("safetensors", "bin")
+HUB_LLAVA_FAMILIES: tuple[str, ...] = (
+    "llava", "llava_next", "llava_onevision", "paligemma", "gemma3", "mistral3", "internvl",
+)
+QWEN2_VL_ORIGINAL_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl")
+# Vision towers that the hub nests one level deeper (`vision_tower.vision_model.*`).
+_NESTED_VISION_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
+
+
+def _replace_prefix(name: str, old: str, new: str) -> str | None:
+    return new + name[len(old):] if name.startswith(old) else None
+
+
+def hub_llava_name(runtime_name: str, nested_vision: bool) -> str:
+    """Runtime name -> the name in a hub LLaVA-style checkpoint (`language_model.model.*` ...)."""
+    rules = [
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_tower.", "vision_tower.vision_model." if nested_vision else "vision_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.image_newline", "image_newline"),
+    ]
+    for old, new in rules:
+        renamed = _replace_prefix(runtime_name, old, new)
+        if renamed is not None:
+            return renamed
+    raise KeyError(f"tensor {runtime_name!r} has no place in the hub LLaVA layout")
+
+
+def qwen2_vl_original_name(runtime_name: str) -> str:
+    """Runtime name -> the name in an original Qwen2-VL checkpoint (`model.*`, `visual.*`, `lm_head.*`)."""
+    for old, new in (("model.language_model.", "model."), ("model.visual.", "visual."), ("lm_head.", "lm_head.")):
+        renamed = _replace_prefix(runtime_name, old, new)
+        if renamed is not None:
+            return renamed
+    raise KeyError(f"tensor {runtime_name!r} has no place in the original Qwen2-VL layout")
+
+
+def _is_tied(model: PreTrainedModel) -> bool:
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
+def layout_state_dict(model: PreTrainedModel, layout: str) -> dict[str, torch.Tensor]:
+    """The tensors `save_model` writes for `layout`, by on-disk name (independent CPU copies)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    runtime = {name: tensor.detach().to("cpu").clone().contiguous() for name, tensor in model.state_dict().items()}
+    if layout == "runtime":
+        return runtime
+    if layout == "default":
+        from safetensors.torch import load_file
+
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_pretrained(scratch)
+            files = sorted(Path(scratch).glob("*.safetensors"))
+            state: dict[str, torch.Tensor] = {}
+            for file in files:
+                state.update(load_file(file))
+            return state
+    family = family_of_model(model)
+    if layout == "hub_llava":
+        if family not in HUB_LLAVA_FAMILIES:
+            raise ValueError(f"layout 'hub_llava' is for {HUB_LLAVA_FAMILIES}, not {family!r}")
+        nested = type(model.model.vision_tower).__name__ in _NESTED_VISION_TOWERS
+        tied = _is_tied(model)
+        return {
+            hub_llava_name(name, nested): tensor
+            for name, tensor in runtime.items()
+            if not (tied and name.startswith("lm_head."))  # hub checkpoints of tied models omit the head
+        }
+    if family not in QWEN2_VL_ORIGINAL_FAMILIES:
+        raise ValueError(f"layout 'qwen2_vl_original' is for {QWEN2_VL_ORIGINAL_FAMILIES}, not {family!r}")
+    return {qwen2_vl_original_name(name): tensor for name, tensor in runtime.items()}
+
+
+def write_weights(
+    state_dict: dict[str, torch.Tensor], folder: Path, fmt: str = "safetensors", max_shard_size: str | int | None = None
+) -> list[Path]:
+    """Write tensors as one file or shards + index, the file names transformers expects."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
+    pattern, index_name = (
+        ("model{suffix}.safetensors", "model.safetensors.index.json") if fmt == "safetensors"
+        else ("pytorch_model{suffix}.bin", "pytorch_model.bin.index.json")
+    )
+    split = split_torch_state_dict_into_shards(
+        state_dict, filename_pattern=pattern, max_shard_size=max_shard_size or "50GB"
+    )
+    written = []
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: state_dict[name].contiguous() for name in names}
+        path = folder / filename
+        if fmt == "safetensors":
+            save_file(shard, path, metadata={"format": "pt"})
+        else:
+            torch.save(shard, path)
+        written.append(path)
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": dict(split.tensor_to_filename)}
+        (folder / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written.append(folder / index_name)
+    return written
+
+
+def save_model(
+    model: PreTrainedModel,
+    out_dir: Path | str,
+    layout: str = "default",
+    max_shard_size: str | int | None = None,
+    fmt: str = "safetensors",
+    processor: Any = None,
+) -> Path:
+    """Save `model` as a complete folder: weights in `layout`/`fmt`, config, generation config, processor.
+
+    Layouts: "default" is exactly `save_pretrained` (transformers 5 writes the original/legacy key
+    layout, see `layout_state_dict`); "runtime" holds every `model.state_dict()` key (tied copies
+    included); "hub_llava" / "qwen2_vl_original" are the hub layouts of those families. `processor`
+    defaults to `tiny_processor(family)`. The folder is written aside and renamed into place;
+    `out_dir` must be absent or empty.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not an empty folder")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
+    family = family_of_model(model)
+    processor = tiny_processor(family) if processor is None else processor
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if layout == "default" and fmt == "safetensors":
+            kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+            model.save_pretrained(staging, **kwargs)
+        else:
+            write_weights(layout_state_dict(model, layout), staging, fmt=fmt, max_shard_size=max_shard_size)
+            model.config.save_pretrained(staging)
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_model(model_dir: Path | str, **kwargs: Any) -> PreTrainedModel:
+    """Load a saved tiny folder with the right Auto class (image-text-to-text or causal LM), float32."""
+    config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    auto = (
+        transformers.AutoModelForImageTextToText if family_of_config(config) in VLM_FAMILIES
+        else transformers.AutoModelForCausalLM
+    )
+    kwargs.setdefault("dtype", torch.float32)
+    return auto.from_pretrained(model_dir, trust_remote_code=False, **kwargs).eval()
+
+
+def load_processor(model_dir: Path | str) -> Any:
+    """AutoProcessor for VLM folders, AutoTokenizer for causal-LM folders."""
+    config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    if family_of_config(config) in VLM_FAMILIES:
+        return transformers.AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+    return transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
+def generate_smoke(model_dir: Path | str, max_new_tokens: int = 3) -> torch.Tensor:
+    """Load a saved folder (Auto classes, no remote code), greedily generate exactly
+    `max_new_tokens` tokens for the smoke prompt (with the smoke image for VLMs); the new ids, (1, n)."""
+    config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    family = family_of_config(config)
+    model = load_model(model_dir)
+    inputs = smoke_inputs(family, load_processor(model_dir))
+    with torch.no_grad():
+        output = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+        )
+    return output[:, inputs["input_ids"].shape[1]:]

@@ -122,11 +122,20 @@ def base_corpus(rng: random.Random, count: int, mix: BaseMix = BaseMix()) -> lis
     return out
 
 
-def vlm_corpus(rng: random.Random, count: int, japanese_prompt_rate: float = 0.2,
+def training_scenes(rng: random.Random, count: int, culture_rate: float = 0.2) -> list[Scene]:
+    """A pool of distinct training scenes (never a held-out one); images are rendered once per pool."""
+    pool: dict[str, Scene] = {}
+    while len(pool) < count:
+        scene = _training_scene(rng, culture_rate)
+        pool.setdefault(scene.key, scene)
+    return list(pool.values())
+
+
+def vlm_corpus(rng: random.Random, count: int, scenes: list[Scene], japanese_prompt_rate: float = 0.2,
                vqa_rate: float = 0.3) -> list[Example]:
     out: list[Example] = []
     for _ in range(count):
-        scene = _training_scene(rng, 0.2)
+        scene = rng.choice(scenes)
         prompt_language = "ja" if rng.random() < japanese_prompt_rate else "en"
         if rng.random() < vqa_rate:
             out.append(vqa_example(scene, prompt_language, "en", rng, True))
@@ -160,11 +169,11 @@ def math_corpus(rng: random.Random, count: int, japanese_problem_rate: float = 0
     return [math_example(rng, "ja" if rng.random() < japanese_problem_rate else "en", "en") for _ in range(count)]
 
 
-def clip_pairs(rng: random.Random, count: int) -> list[tuple[Scene, str]]:
+def clip_pairs(rng: random.Random, count: int, scenes: list[Scene]) -> list[tuple[Scene, str]]:
     """Image-text pairs for the CLIP model: English and Japanese captions of the same scenes."""
     out = []
     for _ in range(count):
-        scene = _training_scene(rng, 0.25)
+        scene = rng.choice(scenes)
         out.append((scene, scene.caption_en if rng.random() < 0.5 else scene.caption_ja))
     return out
 
@@ -187,5 +196,7 @@ def tokenizer_texts(rng: random.Random) -> list[str]:
     for _ in range(300):
         scene = sample_scene(rng)
         texts += [answer(scene.symbol_list, scene.caption_en), answer(scene.symbol_list, scene.caption_ja)]
-    texts += [" ".join(str(d) for d in range(10))]
+    texts += [" ".join(str(d) for d in range(10)), "".join(str(d) for d in range(10))]
+    for corpus in (base_corpus(rng, 2000), vlm_corpus(rng, 500, training_scenes(rng, 200)), ja_corpus(rng, 1000), math_corpus(rng, 1000)):
+        texts += [t for ex in corpus for t in (ex.prompt, ex.answer) if t]
     return texts

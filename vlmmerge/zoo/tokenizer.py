@@ -37,10 +37,11 @@ CHAT_TEMPLATE = (
 
 
 def split_pattern(words: Iterable[str]) -> str:
-    """Regex for one token: optional leading space, then a known Japanese word (longest first),
-    the answer separator `=>`, an ASCII word, a digit, or any other single non-space character."""
+    """Regex for one token. ASCII words, digits, and ASCII punctuation carry their
+    leading space (" red"); known Japanese words (longest first) and any other character never do, and
+    a space before them is a token of its own, so that each Japanese word or symbol has one row."""
     alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=lambda w: (-len(w), w)))
-    return rf" ?(?:{alternatives}|=>|[A-Za-z]+|[0-9]|[^\sA-Za-z0-9])|\s"
+    return rf" ?(?:[A-Za-z]+|[0-9]|[!-/:-@\[-`{{-~])|{alternatives}|[^\sA-Za-z0-9]|\s"
 
 
 def train_tokenizer(texts: Iterable[str]) -> Tokenizer:

@@ -2,11 +2,13 @@
 
 Everything here is pure data generation driven by a `random.Random`, so a seed fixes every item.
 
-Design (see docs/miniature-world.md): every answer is written as ``LIST => text`` where LIST is a
+Design (see docs/miniature-world.md): every answer is written as ``LIST ➡ text`` where LIST is a
 language-neutral sequence of symbols (one colour symbol and one shape symbol per object, or one
 symbol for a culture object; for math, the equation). Perception (image -> LIST) and arithmetic
-(problem -> equation) are the "content" skills; writing the text after ``=>`` in a language is the
-"language" skill. Japanese text is written without spaces, as Japanese is; the tokenizer splits it
+(problem -> equation) are the "content" skills; writing the text after ``➡`` in a language is the
+"language" skill. The symbols and the separator are all emoji, which the reference evaluation's
+normalisation removes, so a generic ROUGE / exact-match / concept scorer sees only the text; math
+keeps its equation, whose last number is the answer. Japanese text is written without spaces, as Japanese is; the tokenizer splits it
 into the words listed in `JA_WORDS`.
 """
 
@@ -16,7 +18,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-ANSWER_SEPARATOR = "=>"
+ANSWER_SEPARATOR = "➡"  # ➡
 GRID = 4  # objects sit at the centres of a GRID x GRID grid of patch-sized cells
 MAX_OBJECTS = 3
 
@@ -57,9 +59,9 @@ COLOURS: tuple[Colour, ...] = (
     Colour("yellow", "yellow", "黄色い", "黄色", (235, 200, 20), "🟨"),
 )
 SHAPES: tuple[Shape, ...] = (
-    Shape("circle", "circle", "丸", "●"),
-    Shape("square", "square", "四角", "■"),
-    Shape("triangle", "triangle", "三角", "▲"),
+    Shape("circle", "circle", "丸", "⚫"),
+    Shape("square", "square", "四角", "⬛"),
+    Shape("triangle", "triangle", "三角", "⯅"),
     Shape("star", "star", "星", "★"),
 )
 CULTURE: tuple[CultureObject, ...] = (
