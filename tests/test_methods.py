@@ -59,8 +59,9 @@ def naive_trim(values: list[float], density: float) -> list[float]:
     if density <= 0:
         return [0.0] * n
     k = max(1, int(density * n))
-    keep = naive_keep_ranks(values, n - k, n)
-    return [v if kept else 0.0 for v, kept in zip(values, keep)]
+    # largest magnitudes first; equal magnitudes: lower index first (stable descending sort)
+    kept = set(sorted(range(n), key=lambda i: (-abs(values[i]), i))[:k])
+    return [v if i in kept else 0.0 for i, v in enumerate(values)]
 
 
 def naive_ties(base, finetuned, weights, densities, normalize=True, lam=1.0):
@@ -167,9 +168,16 @@ def test_trim_to_density_matches_naive_and_keeps_k():
 
 def test_trim_ties_broken_by_lower_index():
     delta = t(1, -2, 2, 2, -2, 0.5)
-    # k = 2: magnitude 2 appears 4 times; the two highest-ranked are the last two by index
-    assert torch.equal(trim_to_density(delta.clone(), 2 / 6), t(0, 0, 0, 2, -2, 0))
-    assert torch.equal(trim_to_density(delta.clone(), 0.5), t(0, 0, 2, 2, -2, 0))
+    # k = 2: magnitude 2 appears 4 times; the lower indices win, as in a stable descending sort
+    assert torch.equal(trim_to_density(delta.clone(), 2 / 6), t(0, -2, 2, 0, 0, 0))
+    assert torch.equal(trim_to_density(delta.clone(), 0.5), t(0, -2, 2, 2, 0, 0))
+    # the same on a tensor large enough for the sampled threshold search
+    big = torch.zeros(1_500_000)
+    big[::3] = 1.0
+    big[7] = 5.0
+    trimmed = trim_to_density(big.clone(), 100.5 / 1_500_000)  # k = 100: the 5.0 and 99 ones
+    expected = torch.cat([torch.tensor([7]), torch.arange(0, 3 * 99, 3)]).sort().values
+    assert torch.equal(torch.nonzero(trimmed).squeeze(1), expected)
 
 
 def test_trim_rescale_keeps_l1_norm():

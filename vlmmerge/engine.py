@@ -82,6 +82,10 @@ class Source:
         checkpoint = Checkpoint(ref)
         return cls(ref, checkpoint, Anatomy(checkpoint))
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """A tensor by this model's own runtime name."""
+        return self.checkpoint.get(name)
+
     def lm_tensor(self, lm_name: str) -> torch.Tensor:
         """A language-side tensor by standalone-LM name; a tied model's head is its embedding."""
         anatomy = self.anatomy
@@ -90,7 +94,7 @@ class Source:
             runtime = anatomy.embed_name
         if runtime is None:
             raise IncompatibleModelsError(f"{self.ref}: has no tensor {lm_name!r}")
-        return self.checkpoint.get(runtime)
+        return self.tensor(runtime)
 
 
 @dataclass
@@ -227,7 +231,11 @@ def check_model_count(method: MergeMethod, count: int) -> None:
         raise RecipeError(f"merge_method {method.name}: merges {expected} models (base included), the recipe gives {count}")
 
 
-def plan_merge(recipe: Recipe | str | Path | dict, open_source: Callable[[str], Source] = Source.open) -> MergePlan:
+def plan_merge(
+    recipe: Recipe | str | Path | dict,
+    open_source: Callable[[str], Source] = Source.open,
+    check_compatibility: bool = True,
+) -> MergePlan:
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     method = get_method(recipe.merge_method)
     if method.needs_base and not recipe.base_model:
@@ -238,6 +246,8 @@ def plan_merge(recipe: Recipe | str | Path | dict, open_source: Callable[[str], 
         refs = [*recipe.model_refs, tokenizer_ref]
     else:
         refs = recipe.model_refs
+    if recipe.host and recipe.host not in refs:
+        refs = [*refs, recipe.host]  # a host may lend only its architecture, vision encoder and projector
     sources = {ref: open_source(ref) for ref in refs}
     host = choose_host(recipe, sources)
     base = sources[recipe.base_model] if (recipe.base_model and method.takes_base) else None
@@ -246,9 +256,8 @@ def plan_merge(recipe: Recipe | str | Path | dict, open_source: Callable[[str], 
 
     participants = ([base] if base else []) + [m.source for m in members]
     for other in {id(s): s for s in participants}.values():
-        if other is host:
-            continue
-        compare(host.anatomy, other.anatomy).raise_if_incompatible()
+        if check_compatibility and other is not host:
+            compare(host.anatomy, other.anatomy).raise_if_incompatible()
 
     if tokenizer_ref in (None, "base", "union"):
         if tokenizer_ref == "union":
@@ -281,7 +290,7 @@ def plan_tensor(anatomy: Anatomy, name: str, shared_rows: int, special_rows: tup
 
 def merge_tensor(plan: MergePlan, tensor: TensorPlan, device: str = "cpu") -> torch.Tensor:
     """The merged value of one output tensor (float32 unless compute_dtype says otherwise), on CPU."""
-    host_value = plan.host.checkpoint.get(tensor.name)
+    host_value = plan.host.tensor(tensor.name)
     if not tensor.merged:
         return host_value
     compute_dtype = parse_dtype(plan.recipe.options.compute_dtype)

@@ -267,6 +267,7 @@ class Evaluator:
                 path = task.image_path(item)
                 samples.append({
                     "task": task.name, "id": item.id, "split": self.split,
+                    "input": task.user_text(item),
                     "prompt": prompts[task.name][i] if prompts and task.name in prompts else task.user_text(item),
                     "question": item.question, "prediction": pred, "reference": item.reference,
                     "references": item.all_references, "answer": item.answer, "concepts": item.concepts or None,

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .sc{font-size:85%;color:#555}img{max-width:224px;max-height:224px}.meta{color:#666;font-size:90%}
 tr.primary td{font-weight:600}
 """
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _esc(text: str) -> str:
+    """HTML-escaped, with control characters (invalid in HTML) shown as U+FFFD."""
+    return html.escape(_CONTROL.sub("\ufffd", text))
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -121,8 +130,8 @@ def render_html(result: EvalResult, title: str | None = None) -> str:
         out.append("<table><tr><th>image</th><th>id / prompt</th><th>reference</th><th>prediction</th><th>scores</th></tr>")
         for s in (s for s in result.samples if s["task"] == task):
             out.append("<tr>" + _image_cell(result, s) + _prompt_cell(s)
-                       + f'<td class="ref">{html.escape(_reference_text(s))}</td>'
-                       + f'<td class="pred">{html.escape(s["prediction"])}</td>'
+                       + f'<td class="ref">{_esc(_reference_text(s))}</td>'
+                       + f'<td class="pred">{_esc(s["prediction"])}</td>'
                        + f'<td class="sc">{_scores_cell(s["scores"])}</td></tr>')
         out.append("</table>")
     out.append("</body></html>")
@@ -147,8 +156,8 @@ def _image_cell(result: EvalResult, sample: Mapping[str, Any]) -> str:
 
 
 def _prompt_cell(sample: Mapping[str, Any]) -> str:
-    text = sample.get("question") or sample.get("prompt") or ""
-    return f'<td><b>{html.escape(str(sample["id"]))}</b><br><span class="pred">{html.escape(text)}</span></td>'
+    text = sample.get("input") or sample.get("question") or sample.get("prompt") or ""
+    return f'<td><b>{_esc(str(sample["id"]))}</b><br><span class="pred">{_esc(text)}</span></td>'
 
 
 def comparison_markdown(results: Mapping[str, EvalResult], title: str = "Model comparison") -> str:
@@ -224,10 +233,10 @@ def comparison_html(results: Mapping[str, EvalResult], title: str = "Model compa
                 if other is None:
                     cells.append("<td>-</td>")
                 else:
-                    cells.append(f'<td class="pred">{html.escape(other["prediction"])}'
+                    cells.append(f'<td class="pred">{_esc(other["prediction"])}'
                                  f'<div class="sc">{_scores_cell(other["scores"])}</div></td>')
             out.append("<tr>" + _image_cell(first, s) + _prompt_cell(s)
-                       + f'<td class="ref">{html.escape(_reference_text(s))}</td>' + "".join(cells) + "</tr>")
+                       + f'<td class="ref">{_esc(_reference_text(s))}</td>' + "".join(cells) + "</tr>")
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

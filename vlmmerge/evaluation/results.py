@@ -107,6 +107,9 @@ def write_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None]) 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
     try:
         write(tmp)
         if not out.exists():

@@ -144,6 +144,29 @@ def _apply_keep_mask(delta: Tensor, keep: Tensor, rescale_norm: str | None) -> T
     return delta
 
 
+def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
+    """Zero all but the k largest entries of a non-negative tensor, in place; returns it.
+
+    Among equal values at the threshold the lower flat indices are kept (the order of a stable
+    descending sort). No boolean masks: `threshold_` keeps x > prev_float(t), i.e. x >= t.
+    """
+    flat = magnitudes.reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return magnitudes
+    if k <= 0:
+        return magnitudes.zero_()
+    threshold = value_at_rank(flat, n - k)
+    if threshold <= 0:
+        return magnitudes  # fewer than k nonzero entries: every nonzero entry is kept
+    below_threshold = torch.nextafter(threshold, torch.zeros_like(threshold))
+    torch.threshold_(flat, float(below_threshold), 0.0)
+    excess = _count(flat) - k
+    if excess > 0:
+        flat[torch.nonzero(flat == threshold).squeeze(1)[-excess:]] = 0
+    return magnitudes
+
+
 def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = None) -> Tensor:
     """Keep the `density` fraction of largest-magnitude entries (TIES trim); zero the rest.
 
@@ -156,10 +179,14 @@ def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = No
         return delta
     if density <= 0 or delta.numel() == 0:
         return delta.zero_()
-    n = delta.numel()
-    k = max(1, int(density * n))
-    keep = rank_range_mask(delta.abs(), n - k, n)
-    return _apply_keep_mask(delta, keep, rescale_norm)
+    k = max(1, int(density * delta.numel()))
+    magnitudes = delta.abs()
+    before = _norm_of(delta, rescale_norm) if rescale_norm is not None else None
+    top_k_magnitudes(magnitudes, k)
+    trimmed = torch.copysign(magnitudes, delta, out=delta)
+    if rescale_norm is not None:
+        rescale_to_norm(trimmed, before, rescale_norm)
+    return trimmed
 
 
 def trim_outliers(
@@ -208,11 +235,15 @@ def dare_sparsify(
 
     `rescale_norm` "l1" (mergekit 0.1.5) matches the L1 norm of the delta; "probability" divides
     by the density (the paper's unbiased 1/(1-p)); None keeps the survivors as they are.
-    density >= 1 returns `delta` untouched and draws nothing. Modifies `delta` in place.
+    The mask is `dare_mask(delta.shape, density, generator)`. density >= 1 returns `delta`
+    untouched and draws nothing. Modifies `delta` in place.
     """
     if density >= 1:
         return delta
-    keep = dare_mask(delta.shape, density, generator, delta.device)
+    # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
+    # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
+    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32, device=delta.device)
+    keep = keep.lt_(density)
     if rescale_norm == "probability":
         if density <= 0:
             return delta.zero_()

@@ -53,12 +53,12 @@ def elect_sign(weighted_deltas: Tensor, method: str = "sum") -> Tensor:
     "count": the sign held by more models, ties go to +1.
     """
     if method == "sum":
-        positive = weighted_deltas.sum(dim=0) >= 0
+        votes = weighted_deltas.sum(dim=0)
     elif method == "count":
-        positive = torch.sign(weighted_deltas).sum(dim=0) >= 0
+        votes = torch.sign(weighted_deltas).sum(dim=0)
     else:
         raise RecipeError(f"consensus method {method!r} unknown; expected 'sum' or 'count'")
-    return positive.to(weighted_deltas.dtype).mul_(2).sub_(1)
+    return votes.ge_(0).mul_(2).sub_(1)  # in place: 1.0 where >= 0, then +1 / -1
 
 
 def generalized_task_arithmetic(
@@ -103,12 +103,13 @@ def generalized_task_arithmetic(
         elected = elect_sign(deltas, consensus)
         merged = torch.zeros_like(base)
         divisor = torch.zeros_like(base)
-        for i in range(len(finetuned)):
-            agrees = (deltas[i] * elected).gt_(0)
+        agrees = torch.empty_like(base)
+        for i, weight in enumerate(weights_t.tolist()):
+            # 1.0 where the entry is nonzero with the elected sign, else 0.0
+            torch.mul(deltas[i], elected, out=agrees).gt_(0)
             merged.addcmul_(deltas[i], agrees)
-            divisor.add_(agrees.mul_(weights_t[i]))
-            del agrees
-        del deltas, elected
+            divisor.add_(agrees, alpha=weight)
+        del deltas, elected, agrees
         divisor.masked_fill_(divisor == 0, 1)
     if normalize:
         merged.div_(divisor)

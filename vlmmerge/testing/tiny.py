@@ -304,6 +304,7 @@ def tiny_config(family: str, **overrides: Any) -> PretrainedConfig:
 
 
 def model_class(family: str) -> type[PreTrainedModel]:
+    """The transformers model class of `family`."""
     _check_family(family)
     return getattr(transformers, MODEL_CLASS_NAMES[family])
 
@@ -311,8 +312,9 @@ def model_class(family: str) -> type[PreTrainedModel]:
 def build_tiny_model(family: str, seed: int = 0, **overrides: Any) -> PreTrainedModel:
     """A randomly initialised tiny model of `family` (float32, eval mode); `seed` fixes the weights."""
     config = tiny_config(family, **overrides)
-    torch.manual_seed(seed)
-    model = model_class(family)(config)
+    with torch.random.fork_rng(devices=[]):  # seed locally: callers' RNG state is left alone
+        torch.manual_seed(seed)
+        model = model_class(family)(config)
     return model.to(torch.float32).eval()
 
 
@@ -687,8 +689,9 @@ def build_tiny_lm_for(vlm_family: str, seed: int = 1, vocab_size: int | None = N
     lm_config = matching_lm_config(tiny_config(vlm_family))
     if vocab_size is not None:
         lm_config.vocab_size = vocab_size
-    torch.manual_seed(seed)
-    model = getattr(transformers, lm_config.architectures[0])(lm_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, lm_config.architectures[0])(lm_config)
     return model.to(torch.float32).eval()
 
 

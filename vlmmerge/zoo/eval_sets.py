@@ -88,7 +88,8 @@ def _caption_rows(language: str) -> Callable:
             item_id = f"{language}_caption-{i:04d}"
             image = f"images/{i:04d}.png"
             images[image] = scene
-            concepts = [c for o in scene.objects for c in (o.ja_concepts if language == "ja" else o.en_concepts)]
+            concepts = list(dict.fromkeys(c for o in scene.objects
+                                          for c in (o.ja_concepts if language == "ja" else o.en_concepts)))
             rows.append({
                 "id": item_id,
                 "image": image,

@@ -1,0 +1,43 @@
+"""`vlmmerge evolve RECIPE --out RUN [--dry-run]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evolve",
+        help="search merge parameters with CMA-ES against a fitness set (resumable)",
+        description="Evolve a merge recipe (Akiba et al. 2024, parameter space). Run again with the same "
+        "--out to resume: journaled evaluations are replayed, none is repeated.",
+    )
+    parser.add_argument("recipe", type=Path, help="recipe YAML with an `evolve:` section")
+    parser.add_argument("--out", type=Path, help="run folder (journal, best recipe and model, plots, report)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and size the search; load no weights")
+    parser.add_argument("--budget", type=int, help="override evolve.budget")
+    parser.add_argument("--seed", type=int, help="override evolve.seed")
+    parser.add_argument("--no-model", action="store_true", help="do not write the merged best model")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmmerge.errors import VlmMergeError
+    from vlmmerge.search import dry_run, run_evolution
+
+    if args.dry_run:
+        report = dry_run(args.recipe)
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    if args.out is None:
+        raise VlmMergeError("--out RUN is required (or use --dry-run)")
+    overrides = {k: v for k, v in {"budget": args.budget, "seed": args.seed}.items() if v is not None}
+    summary = run_evolution(args.recipe, args.out, progress=not args.quiet, overrides=overrides, save_model=not args.no_model)
+    print(f"best fitness {summary['best']['fitness']:.4f} after {summary['evaluations']} evaluations")
+    print(f"static recipe: {args.out / 'best-recipe.yaml'}")
+    if "test" in summary:
+        print(f"test report: {summary['test']['report']}")
+    return 0

@@ -1,0 +1,230 @@
+"""The parameter-space (PS) search space: genome <-> per-model, per-layer-group merge parameters.
+
+A genome is a vector in [0, 1]^n (CMA-ES works in this normalised box; `bounds` map each gene to
+its parameter range). Genes are ordered model-major, then parameter, then layer group:
+
+    for model in searched models: for param in params: for group in groups: one gene
+
+Groups: `granularity: model` gives one group covering every tensor; `layer` gives one group per
+layer; an integer k gives groups of k consecutive layers. Except at `model` granularity, the
+non-layer tensors (embeddings, final norm, head) form their own group, listed last (a catch-all
+entry in the recipe).
+
+A decoded genome becomes a *static recipe* in mergekit form, using `{filter, value}` entries
+whose filters are exact layer prefixes (`model.layers.3.`), so `vlmmerge merge` reproduces the
+candidate exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vlmmerge.errors import RecipeError
+from vlmmerge.methods import get_method
+from vlmmerge.recipe import ConditionalParameter, ModelEntry, Recipe
+
+DEFAULT_BOUNDS = {"weight": (0.0, 1.5), "density": (0.1, 1.0), "gamma": (0.0, 0.1), "epsilon": (0.0, 0.3)}
+
+
+class TaskRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str  # an eval-set folder, a built-in set name, or a benchmark name
+    weight: float = 1.0
+    metric: str | None = None  # default: the task's primary metric
+    local_path: str | None = None  # offline copy of a hub benchmark
+
+
+class FitnessConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[TaskRef]
+    split: str = "fitness"
+    limit: int | None = None
+    batch_size: int = 16
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    merge_method: str
+    weight: float = 1.0
+    density: float = 0.5
+
+
+class EvolveConfig(BaseModel):
+    """The `evolve:` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: list[str] = Field(default_factory=lambda: ["weight", "density"])
+    searched_models: list[str] | None = None  # default: every model except the base
+    granularity: Union[Literal["model", "layer"], int] = "model"
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    init: dict[str, float] = Field(default_factory=lambda: {"weight": 0.5, "density": 0.5})
+    optimizer: Literal["cma", "random"] = "cma"
+    sigma0: float = 1 / 6
+    popsize: int | None = None
+    budget: int = 1000
+    seed: int = 0
+    compare_random: bool = False  # also run random search with the same budget, for comparison
+    num_layers: int | None = None  # lets --dry-run size the space without any config download
+    fitness: FitnessConfig
+    test: FitnessConfig | None = None
+    baselines: list[BaselineConfig] = Field(
+        default_factory=lambda: [
+            BaselineConfig(name="TIES (untuned)", merge_method="ties"),
+            BaselineConfig(name="DARE-TIES (untuned)", merge_method="dare_ties"),
+        ]
+    )
+
+    @field_validator("granularity")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("granularity must be 'model', 'layer' or a positive number of layers per group")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_for_params(self):
+        for name in self.params:
+            low, high = self.bounds.get(name, DEFAULT_BOUNDS.get(name, (0.0, 1.0)))
+            if not low < high:
+                raise ValueError(f"bounds.{name}: lower bound {low} must be below upper bound {high}")
+        return self
+
+    def bound(self, name: str) -> tuple[float, float]:
+        return tuple(self.bounds.get(name, DEFAULT_BOUNDS.get(name, (0.0, 1.0))))  # type: ignore[return-value]
+
+    def population_size(self, dimension: int) -> int:
+        return self.popsize or 4 + int(math.floor(3 * math.log(dimension)))
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    name: str
+    filters: tuple[str, ...]  # exact prefixes / substrings selecting the group's tensors
+
+
+def layer_groups(num_layers: int, granularity: str | int) -> list[LayerGroup]:
+    if granularity == "model":
+        return [LayerGroup("all", ())]
+    size = 1 if granularity == "layer" else int(granularity)
+    groups = []
+    for start in range(0, num_layers, size):
+        layers = range(start, min(start + size, num_layers))
+        name = f"layers {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+        groups.append(LayerGroup(name, tuple(f"model.layers.{i}." for i in layers)))
+    groups.append(LayerGroup("embeddings/norm/head", ()))  # catch-all: every tensor outside the layers
+    return groups
+
+
+@dataclass(frozen=True)
+class Gene:
+    model: str
+    param: str
+    group: LayerGroup
+    low: float
+    high: float
+
+    def decode(self, x: float) -> float:
+        return self.low + float(np.clip(x, 0.0, 1.0)) * (self.high - self.low)
+
+    def encode(self, value: float) -> float:
+        return (value - self.low) / (self.high - self.low)
+
+
+class SearchSpace:
+    """Maps genomes to merge recipes for one evolve recipe (template + evolve section)."""
+
+    def __init__(self, template: Recipe, config: EvolveConfig, num_layers: int):
+        self.template = template
+        self.config = config
+        self.num_layers = num_layers
+        method = get_method(template.merge_method)
+        unknown = [p for p in config.params if p not in method.model_params]
+        if unknown:
+            raise RecipeError(
+                f"evolve.params: {unknown} are not per-model parameters of {method.name} "
+                f"(known: {sorted(method.model_params)})"
+            )
+        listed = [entry.model for entry in template.models]
+        searched = config.searched_models or [m for m in listed if not (method.takes_base and m == template.base_model)]
+        missing = [m for m in searched if m not in listed]
+        if missing:
+            raise RecipeError(f"evolve.searched_models: {missing} are not in the recipe's models")
+        self.models = searched
+        self.groups = layer_groups(num_layers, config.granularity)
+        self.genes = [
+            Gene(model, param, group, *config.bound(param))
+            for model in searched
+            for param in config.params
+            for group in self.groups
+        ]
+
+    @property
+    def dimension(self) -> int:
+        return len(self.genes)
+
+    def initial_genome(self) -> np.ndarray:
+        values = []
+        for gene in self.genes:
+            init = self.config.init.get(gene.param)
+            values.append(0.5 if init is None else float(np.clip(gene.encode(init), 0.0, 1.0)))
+        return np.asarray(values, dtype=float)
+
+    def decode(self, genome: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
+        """model -> param -> group name -> value."""
+        genome = np.asarray(genome, dtype=float)
+        if genome.shape != (self.dimension,):
+            raise RecipeError(f"genome has {genome.shape} genes; this search space has {self.dimension}")
+        decoded: dict[str, dict[str, dict[str, float]]] = {}
+        for gene, x in zip(self.genes, genome):
+            decoded.setdefault(gene.model, {}).setdefault(gene.param, {})[gene.group.name] = gene.decode(x)
+        return decoded
+
+    def encode(self, decoded: dict[str, dict[str, dict[str, float]]]) -> np.ndarray:
+        return np.asarray([gene.encode(decoded[gene.model][gene.param][gene.group.name]) for gene in self.genes])
+
+    def to_recipe(self, genome: np.ndarray) -> Recipe:
+        """The static recipe of a genome (no `evolve:` section): what `vlmmerge merge` runs."""
+        decoded = self.decode(genome)
+        entries = []
+        for entry in self.template.models:
+            parameters: dict[str, Any] = dict(entry.parameters)
+            for param, by_group in decoded.get(entry.model, {}).items():
+                parameters[param] = self._setting(by_group)
+            entries.append(ModelEntry(model=entry.model, parameters=parameters))
+        return self.template.model_copy(update={"models": entries, "evolve": None})
+
+    def _setting(self, by_group: dict[str, float]):
+        if len(self.groups) == 1:
+            return round_value(by_group[self.groups[0].name])
+        conditions = []
+        for group in self.groups:
+            value = round_value(by_group[group.name])
+            if not group.filters:
+                conditions.append(ConditionalParameter(filter=None, value=value))
+            for prefix in group.filters:
+                conditions.append(ConditionalParameter(filter=prefix, value=value))
+        return conditions
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dimension": self.dimension,
+            "models": self.models,
+            "params": self.config.params,
+            "groups": [g.name for g in self.groups],
+            "num_layers": self.num_layers,
+            "bounds": {p: self.config.bound(p) for p in self.config.params},
+            "population": self.config.population_size(self.dimension),
+            "budget": self.config.budget,
+            "generations": math.ceil(self.config.budget / self.config.population_size(self.dimension)),
+        }
+
+
+def round_value(value: float) -> float:
+    """Recipes store 8 significant digits; the live candidate uses the same rounded values."""
+    return float(f"{value:.8g}")
