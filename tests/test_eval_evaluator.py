@@ -28,7 +28,8 @@ def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("sets")
     return {
         "caption": load_task(write_toy_caption_set(root / "ja_caption", name="ja_caption")),
-        "vqa": load_task(write_toy_caption_set(root / "ja_vqa", name="ja_vqa", task="vqa")),
+        "vqa": load_task(write_toy_caption_set(root / "ja_vqa", name="ja_vqa", task="vqa",
+                                                metrics=["rouge_ja", "exact_match", "concepts"])),
         "math": load_task(write_toy_math_set(root / "ja_math", name="ja_math")),
         "root": root,
     }

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Order is the order shown in `vlmmerge --help`. Helpers add their command's module name here.
-COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve")
+COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -167,12 +167,14 @@ def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
     return magnitudes
 
 
-def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = None) -> Tensor:
+def trim_to_density(
+    delta: Tensor, density: float, rescale_norm: str | None = None, scratch: Tensor | None = None
+) -> Tensor:
     """Keep the `density` fraction of largest-magnitude entries (TIES trim); zero the rest.
 
     mergekit semantics: k = max(1, int(density * numel)); density >= 1 keeps all, density <= 0
     keeps none. With `rescale_norm` the kept entries are scaled to the original norm.
-    Modifies `delta` in place and returns it.
+    Modifies `delta` in place and returns it; `scratch` (same shape and dtype) saves an allocation.
     """
     _check_deterministic_norm(rescale_norm)
     if density >= 1:
@@ -180,8 +182,10 @@ def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = No
     if density <= 0 or delta.numel() == 0:
         return delta.zero_()
     k = max(1, int(density * delta.numel()))
-    magnitudes = delta.abs()
-    before = _norm_of(delta, rescale_norm) if rescale_norm is not None else None
+    magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
+    before = None
+    if rescale_norm is not None:
+        before = magnitudes.sum() if rescale_norm == "l1" else _norm_of(delta, rescale_norm)
     top_k_magnitudes(magnitudes, k)
     trimmed = torch.copysign(magnitudes, delta, out=delta)
     if rescale_norm is not None:
@@ -190,7 +194,11 @@ def trim_to_density(delta: Tensor, density: float, rescale_norm: str | None = No
 
 
 def trim_outliers(
-    delta: Tensor, density: float, gamma: float = 0.01, rescale_norm: str | None = None
+    delta: Tensor,
+    density: float,
+    gamma: float = 0.01,
+    rescale_norm: str | None = None,
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """Model Breadcrumbs: drop the `gamma` fraction of largest magnitudes, then the smallest,
     keeping `density` of the entries.
@@ -206,7 +214,9 @@ def trim_outliers(
     target = int(density * n)
     n_top = int(gamma * n)
     n_bottom = max(0, n - target - n_top)
-    keep = rank_range_mask(delta.abs(), n_bottom, n_bottom + target)
+    magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
+    keep = rank_range_mask(magnitudes, n_bottom, n_bottom + target)
+    del magnitudes
     return _apply_keep_mask(delta, keep, rescale_norm)
 
 
@@ -230,6 +240,7 @@ def dare_sparsify(
     density: float,
     generator: torch.Generator | None = None,
     rescale_norm: str | None = "l1",
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """DARE (Yu et al., 2023): drop each entry with probability 1 - density, rescale the rest.
 
@@ -242,7 +253,10 @@ def dare_sparsify(
         return delta
     # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
     # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
-    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32, device=delta.device)
+    if scratch is not None and scratch.dtype == torch.float32:
+        keep = torch.rand(delta.shape, generator=generator, out=scratch)
+    else:
+        keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32, device=delta.device)
     keep = keep.lt_(density)
     if rescale_norm == "probability":
         if density <= 0:
@@ -280,6 +294,7 @@ def della_sparsify(
     epsilon: float,
     generator: torch.Generator | None = None,
     rescale_norm: str | None = "l1",
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """DELLA (Deep et al., 2024) MagPrune drop with magnitude-ranked keep probabilities.
 
@@ -296,8 +311,13 @@ def della_sparsify(
         raise RecipeError(
             f"epsilon: density +/- epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
         )
-    probabilities = della_keep_probabilities(delta.abs(), density, epsilon)
-    uniforms = torch.rand(probabilities.shape, generator=generator, dtype=torch.float32, device=delta.device)
+    magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
+    probabilities = della_keep_probabilities(magnitudes, density, epsilon)
+    del magnitudes
+    if scratch is not None and scratch.dtype == torch.float32:
+        uniforms = torch.rand(probabilities.shape, generator=generator, out=scratch.view(probabilities.shape))
+    else:
+        uniforms = torch.rand(probabilities.shape, generator=generator, dtype=torch.float32, device=delta.device)
     keep = uniforms.lt_(probabilities)
     del uniforms
     if rescale_norm == "probability":

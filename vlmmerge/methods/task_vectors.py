@@ -31,8 +31,9 @@ from vlmmerge.methods.sparsify import (
     trim_to_density,
 )
 
-# sparsify(delta, model_index) -> delta (may modify its argument in place)
-Sparsifier = Callable[[Tensor, int], Tensor]
+# sparsify(delta, model_index, scratch) -> delta; may modify delta in place and use scratch (a
+# tensor of delta's shape and dtype) as workspace.
+Sparsifier = Callable[[Tensor, int, Tensor], Tensor]
 
 
 def work_dtype(*tensors: Tensor | None) -> torch.dtype:
@@ -78,28 +79,32 @@ def generalized_task_arithmetic(
     if not finetuned:
         return base.clone()
     weights_t = torch.tensor(list(weights), dtype=dtype)  # weights rounded as mergekit rounds them
+    # Preallocated buffers, filled in place: on CPU a fresh large tensor costs more (page faults)
+    # than the arithmetic done in it.
+    scratch = torch.empty_like(base) if sparsify is not None else None
 
-    def weighted_delta(i: int, out: Tensor | None = None) -> Tensor:
-        # Subtraction promotes a half-precision input without an intermediate float32 copy.
-        delta = torch.sub(finetuned[i], base) if out is None else torch.sub(finetuned[i], base, out=out)
+    def weighted_delta(i: int, out: Tensor) -> Tensor:
+        delta = out.copy_(finetuned[i]).sub_(base)
         if sparsify is not None:
-            delta = sparsify(delta, i)
+            delta = sparsify(delta, i, scratch)
+            if delta.data_ptr() != out.data_ptr():
+                delta = out.copy_(delta)
         return delta.mul_(weights_t[i])
 
     if consensus is None:
-        merged = weighted_delta(0)
+        merged = weighted_delta(0, torch.empty_like(base))
+        work = torch.empty_like(base) if len(finetuned) > 1 else None
         for i in range(1, len(finetuned)):
-            merged.add_(weighted_delta(i))
+            merged.add_(weighted_delta(i, work))
+        del work, scratch
         divisor = weights_t.sum()
         if divisor.abs() < 1e-8:
             divisor = torch.ones((), dtype=dtype)
     else:
         deltas = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=base.device)
         for i in range(len(finetuned)):
-            result = weighted_delta(i, out=deltas[i])
-            if result.data_ptr() != deltas[i].data_ptr():
-                deltas[i].copy_(result)
-            del result
+            weighted_delta(i, deltas[i])
+        del scratch
         elected = elect_sign(deltas, consensus)
         merged = torch.zeros_like(base)
         divisor = torch.zeros_like(base)
@@ -151,7 +156,7 @@ def ties(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i: trim_to_density(delta, densities[i], norm),
+        sparsify=lambda delta, i, scratch: trim_to_density(delta, densities[i], norm, scratch),
         consensus="sum", normalize=normalize, lambda_=lambda_,
     )
 
@@ -172,7 +177,7 @@ def _dare(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i: dare_sparsify(delta, densities[i], generator, norm),
+        sparsify=lambda delta, i, scratch: dare_sparsify(delta, densities[i], generator, norm, scratch),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 
@@ -224,7 +229,7 @@ def _breadcrumbs(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i: trim_outliers(delta, densities[i], gammas[i], norm),
+        sparsify=lambda delta, i, scratch: trim_outliers(delta, densities[i], gammas[i], norm, scratch),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 
@@ -277,7 +282,9 @@ def _della(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i: della_sparsify(delta, densities[i], epsilons[i], generator, norm),
+        sparsify=lambda delta, i, scratch: della_sparsify(
+            delta, densities[i], epsilons[i], generator, norm, scratch
+        ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 

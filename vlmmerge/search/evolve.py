@@ -54,6 +54,8 @@ def resolve_refs(recipe: Recipe) -> Recipe:
         update["base_model"] = mapping[recipe.base_model]
     if recipe.host:
         update["host"] = mapping[recipe.host]
+    if recipe.tokenizer_source:
+        update["tokenizer_source"] = resolve_model_ref(recipe.tokenizer_source)
     return recipe.model_copy(update=update)
 
 

@@ -105,7 +105,7 @@ def train_clip(model, pixel_values: torch.Tensor, texts: list[str], image_index:
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     rng.random()

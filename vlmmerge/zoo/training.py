@@ -106,7 +106,7 @@ def fit(model: nn.Module, param_groups: list[dict], data: Encoded, schedule: Sch
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
