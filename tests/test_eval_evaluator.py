@@ -72,11 +72,19 @@ def test_vlm_in_memory_scores_every_task(sets, vlm):
 
 
 def test_batch_size_does_not_change_predictions(sets, vlm, llm):
-    for (model, processor), tasks in ((vlm, [sets["caption"]]), (llm, [sets["math"]])):
+    for (model, processor), tasks in ((vlm, [sets["vqa"]]), (llm, [sets["math"]])):
         one = Evaluator(tasks, split="test", batch_size=1, progress=False).evaluate(model, processor)
         many = Evaluator(tasks, split="test", batch_size=4, progress=False).evaluate(model, processor)
         assert _preds(one) == _preds(many)
         assert any(p for p in _preds(one))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3", "gemma3", "paligemma"])
+def test_left_padded_batches_match_single_items_across_families(sets, family):
+    model, processor = build_tiny_model(family, seed=0), tiny_processor(family)
+    one = Evaluator([sets["vqa"]], split="test", batch_size=1, progress=False).evaluate(model, processor)
+    many = Evaluator([sets["vqa"]], split="test", batch_size=4, progress=False).evaluate(model, processor)
+    assert _preds(one) == _preds(many)
 
 
 def test_repeated_calls_reuse_inputs_and_touch_no_files(sets, vlm, monkeypatch):
@@ -279,3 +287,17 @@ def test_cli_eval_bad_task_is_a_clean_error(saved_models, tmp_path, capsys):
     assert cli_main(["eval", str(saved_models["llm"]), "--task", "no_such_set", "--out", str(tmp_path / "x")]) == 2
     assert "no eval set 'no_such_set'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_failed_save_leaves_nothing_behind(sets, monkeypatch, tmp_path):
+    ev = Evaluator([sets["math"]], split="test", progress=False)
+    result = ev.score({"ja_math": [i.reference for i in ev.items["ja_math"]]})
+    assert result.primary_mean() == 100.0
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("vlmmerge.evaluation.report.render_html", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        result.save(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -189,6 +189,9 @@ def test_math_reference_without_number_is_an_error():
     ("答えは 42 です", True),
     ("赤", True),  # a one-kanji answer
     ("富士山", True),
+    ("写真", True),  # kana-free Japanese words made of characters shared with Chinese
+    ("黄色", True),
+    ("机の上", True),
     ("ｶﾀｶﾅ", True),  # half-width katakana
     ("This is a pen. ペン", False),  # 4 Latin units vs 2 kana
     ("It is a red 丸", False),

@@ -41,7 +41,7 @@ def test_defaults_and_overrides(tmp_path):
     assert task.config.metrics == ["rouge_ja", "exact_match"]
     assert task.config.generation.num_beams == 5
     assert task.config.generation.max_new_tokens == 8  # merged, not replaced
-    assert task.user_text(task.items("test")[0]) == "何色ですか？"
+    assert [task.user_text(i) for i in task.items("test")] == [i.question for i in task.items("test")]
 
 
 def test_shared_id_across_splits_is_rejected(tmp_path):

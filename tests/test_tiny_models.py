@@ -10,6 +10,7 @@ import torch
 import transformers
 from safetensors import safe_open
 
+from vlmmerge.errors import UnsupportedArchitectureError
 from vlmmerge.testing import (
     FAMILIES,
     HUB_LLAVA_FAMILIES,
@@ -126,7 +127,9 @@ def test_config_is_tiny_deterministic_and_consistent(family):
     text = config.get_text_config()
     assert 32 <= text.hidden_size <= 64
     assert text.num_hidden_layers == 2
-    assert 300 <= text.vocab_size <= 600
+    assert len(tiny_tokenizer(family)) <= text.vocab_size
+    if family != "paligemma":  # PaliGemma's vocabulary holds its 1152 <loc>/<seg> tokens
+        assert 300 <= text.vocab_size <= 600
     if family in VLM_FAMILIES:
         vision = config.vision_config
         assert getattr(vision, "num_hidden_layers", getattr(vision, "depth", None)) in (1, 2)
@@ -194,6 +197,8 @@ def test_saved_processor_loads_with_auto_class_and_matches(family, tiny_model_di
     if family in VLM_FAMILIES:
         assert type(loaded).__name__ == type(built).__name__
         tokenizer = loaded.tokenizer
+        # the processor's tokenizer (with anything the processor adds) fits the model's vocabulary
+        assert len(tokenizer) <= tiny_config(family).get_text_config().vocab_size
     else:
         # AutoTokenizer may pick the model type's own class (Qwen2Tokenizer for qwen2): same ids.
         assert isinstance(loaded, transformers.PreTrainedTokenizerFast)
@@ -355,6 +360,13 @@ def test_matching_lm_config_for_full_size_default_configs(config_class):
         assert getattr(lm_config, field) == getattr(text, field), field
     assert "mrope_section" not in (lm_config.rope_parameters or {})
     assert lm_config.tie_word_embeddings == vlm_config.tie_word_embeddings
+
+
+def test_matching_lm_config_rejects_text_only_and_unknown_configs():
+    with pytest.raises(UnsupportedArchitectureError, match="not a VLM"):
+        matching_lm_config(tiny_config("llama"))
+    with pytest.raises(UnsupportedArchitectureError, match="chameleon"):
+        matching_lm_config(transformers.LlavaConfig(text_config={"model_type": "chameleon"}))
 
 
 def test_lm_for_vlm_with_fewer_vocabulary_rows(tiny_lm_dir_for):

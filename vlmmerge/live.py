@@ -47,6 +47,7 @@ class LiveMerge:
     host_ref: str
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    load_processor: bool = True  # False: weights only (benchmarks, tuning without generation)
     sources: dict[str, CachedSource] = field(init=False)
     model: torch.nn.Module = field(init=False)
     processor: object = field(init=False)
@@ -55,11 +56,17 @@ class LiveMerge:
 
     def __post_init__(self) -> None:
         self.sources = {ref: CachedSource(Source.open(ref)) for ref in dict.fromkeys([self.host_ref, *self.refs])}
-        from vlmmerge.evaluation import load_model_for_eval
+        host_path = self.sources[self.host_ref].checkpoint.path
+        if self.load_processor:
+            from vlmmerge.evaluation import load_model_for_eval
 
-        self.model, self.processor = load_model_for_eval(
-            str(self.sources[self.host_ref].checkpoint.path), device=self.device, dtype=self.dtype
-        )
+            self.model, self.processor = load_model_for_eval(str(host_path), device=self.device, dtype=self.dtype)
+        else:
+            from vlmmerge.checkpoint import model_class_for
+
+            model_class = model_class_for(self.sources[self.host_ref].checkpoint.config)
+            self.model = model_class.from_pretrained(host_path, dtype=self.dtype).to(self.device)
+            self.processor = None
         self.model.eval()
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
 

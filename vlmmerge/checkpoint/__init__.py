@@ -3,12 +3,20 @@
 from vlmmerge.checkpoint.files import WeightFiles, resolve_model_path
 from vlmmerge.checkpoint.naming import KeyMapper, build_meta_model, model_class_for
 from vlmmerge.checkpoint.reader import Checkpoint, TensorInfo
-from vlmmerge.checkpoint.writer import ShardedSafetensorsWriter, atomic_output_dir, parse_size
+from vlmmerge.checkpoint.writer import (
+    PlannedTensor,
+    ShardedSafetensorsWriter,
+    StreamingSafetensorsWriter,
+    atomic_output_dir,
+    parse_size,
+)
 
 __all__ = [
     "Checkpoint",
     "KeyMapper",
+    "PlannedTensor",
     "ShardedSafetensorsWriter",
+    "StreamingSafetensorsWriter",
     "TensorInfo",
     "WeightFiles",
     "atomic_output_dir",

@@ -7,6 +7,11 @@ pickles that can run code. A hub id is resolved with huggingface_hub (honouring 
 from __future__ import annotations
 
 import json
+import os
+import struct
+import sys
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +81,8 @@ class WeightFiles:
     fmt: str  # "safetensors" or "bin"
     _bin_cache: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _handles: dict[Path, object] = field(default_factory=dict, repr=False)
+    _files: dict[Path, "SafetensorsFile"] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def discover(cls, folder: Path) -> "WeightFiles":
@@ -94,14 +101,10 @@ class WeightFiles:
         single = folder / SAFETENSORS_SINGLE
         safetensor_files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
         if safetensor_files:
-            key_to_file = {}
+            files = cls(folder, {}, "safetensors")
             for file in safetensor_files:
-                try:
-                    with safe_open(file, framework="pt") as handle:
-                        key_to_file.update({key: file for key in handle.keys()})
-                except Exception as exc:  # safetensors raises its own error types
-                    raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
-            return cls(folder, key_to_file, "safetensors")
+                files.key_to_file.update({key: file for key in files._safetensors(file).entries})
+            return files
         single_bin = folder / BIN_SINGLE
         if single_bin.exists():
             files = cls(folder, {}, "bin")
@@ -127,20 +130,45 @@ class WeightFiles:
         if self.fmt == "bin":
             tensor = self._load_bin(file)[key]
             return tuple(tensor.shape), tensor.dtype
-        tensor_slice = self._handle(file).get_slice(key)
-        return tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES[tensor_slice.get_dtype()]
+        entry = self._safetensors(file).entry(key)
+        dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+        if dtype is None:
+            tensor_slice = self._handle(file).get_slice(key)
+            return tuple(tensor_slice.get_shape()), self._handle(file).get_tensor(key).dtype
+        return entry.shape, dtype
 
     def read(self, key: str) -> torch.Tensor:
+        """The tensor, in its stored dtype, in memory this call allocates (never a view of a mapping).
+
+        Safetensors data are read with positioned reads straight into a fresh tensor: no memory
+        map, so a merge's resident memory is the tensors it holds, not the pages it has touched.
+        Safe to call from several threads at once.
+        """
         file = self._file_of(key)
         if self.fmt == "bin":
             return self._load_bin(file)[key]
-        return self._handle(file).get_tensor(key)
+        st_file = self._safetensors(file)
+        entry = st_file.entry(key)
+        dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+        if dtype is None or sys.byteorder != "little":
+            return self._handle(file).get_tensor(key)  # exotic dtype or host: let safetensors convert
+        return st_file.read(entry, dtype)
+
+    def _safetensors(self, file: Path) -> "SafetensorsFile":
+        st_file = self._files.get(file)
+        if st_file is None:
+            with self._lock:
+                st_file = self._files.get(file)
+                if st_file is None:
+                    st_file = self._files[file] = SafetensorsFile(file)
+        return st_file
 
     def _handle(self, file: Path):
-        # safetensors memory-maps the file; one open handle per shard avoids re-parsing headers per tensor.
-        if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
-        return self._handles[file]
+        # Fallback reader (memory-mapped by safetensors); one open handle per shard.
+        with self._lock:
+            if file not in self._handles:
+                self._handles[file] = safe_open(file, framework="pt")
+            return self._handles[file]
 
     def _file_of(self, key: str) -> Path:
         try:
@@ -163,3 +191,96 @@ _SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
+
+
+@dataclass(frozen=True)
+class SafetensorsEntry:
+    key: str
+    dtype: str  # safetensors' name, e.g. "BF16"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    stop: int
+
+
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+_READ_CHUNK = 1 << 30  # one pread stays well below Linux's ~2 GiB per-call limit
+
+
+class SafetensorsFile:
+    """A safetensors file's header, parsed once, and positioned reads of its tensors.
+
+    The file descriptor stays open for the object's life (closed when it is collected).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot open ({exc})") from exc
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        size = os.fstat(fd).st_size
+        prefix = os.pread(fd, 8, 0)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{self.path}: not a readable safetensors file (shorter than 8 bytes)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{self.path}: not a readable safetensors file (header length {header_len})")
+        try:
+            header = json.loads(os.pread(fd, header_len, 8))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.path}: not a readable safetensors file (header: {exc})") from exc
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: not a readable safetensors file (header is not a mapping)")
+        data_start = 8 + header_len
+        self.entries: dict[str, SafetensorsEntry] = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                begin, end = (int(v) for v in info["data_offsets"])
+                entry = SafetensorsEntry(key, str(info["dtype"]), tuple(int(d) for d in info["shape"]),
+                                         data_start + begin, data_start + end)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{self.path}: malformed header entry for {key!r} ({exc})") from exc
+            if not (data_start <= entry.start <= entry.stop <= size):
+                raise CheckpointError(f"{self.path}: tensor {key!r} lies outside the file (truncated download?)")
+            dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+            if dtype is not None:
+                expected = _numel(entry.shape) * dtype.itemsize
+                if entry.stop - entry.start != expected:
+                    raise CheckpointError(
+                        f"{self.path}: tensor {key!r} holds {entry.stop - entry.start} bytes but "
+                        f"{entry.dtype}{list(entry.shape)} needs {expected}"
+                    )
+            self.entries[key] = entry
+
+    def entry(self, key: str) -> SafetensorsEntry:
+        try:
+            return self.entries[key]
+        except KeyError:
+            raise CheckpointError(f"{self.path}: no tensor named {key!r}") from None
+
+    def read(self, entry: SafetensorsEntry, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = entry.stop - entry.start
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            view = memoryview(buffer.numpy())
+            done = 0
+            while done < nbytes:
+                count = os.preadv(self._fd, [view[done : done + _READ_CHUNK]], entry.start + done)
+                if count <= 0:
+                    raise CheckpointError(f"{self.path}: unexpected end of file reading {entry.key!r}")
+                done += count
+        return buffer.view(dtype).reshape(entry.shape)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n

@@ -7,8 +7,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,6 +87,189 @@ class ShardedSafetensorsWriter:
         index_doc = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2) + "\n")
         return finals
+
+
+# torch dtype -> safetensors dtype name
+SAFETENSORS_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_WRITE_CHUNK = 1 << 30  # one pwrite stays well below Linux's ~2 GiB per-call limit
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor of a planned output: on-disk name, shape and dtype, known before any is computed."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for dim in self.shape:
+            n *= dim
+        return n
+
+
+@dataclass
+class _PlannedShard:
+    path: Path
+    final_name: str
+    offsets: dict[str, int]  # tensor name -> absolute byte offset in the file
+    fd: int | None = None
+
+
+def assign_shards(tensors: Sequence[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
+    """Consecutive groups of at most `max_shard_bytes` (a larger tensor gets a shard of its own)."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.nbytes
+    return shards if shards[0] else []
+
+
+def safetensors_header(tensors: Sequence[PlannedTensor], metadata: dict[str, str] | None) -> tuple[bytes, dict[str, int]]:
+    """The serialized header of a safetensors file holding `tensors`, and each tensor's data offset.
+
+    Tensors are laid out by decreasing element size (then in the given order), so with the
+    8-byte-aligned data start every tensor is aligned to its own element size, as safetensors does.
+    """
+    order = sorted(range(len(tensors)), key=lambda i: -tensors[i].dtype.itemsize)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offsets: dict[str, int] = {}
+    position = 0
+    for i in order:
+        tensor = tensors[i]
+        try:
+            dtype = SAFETENSORS_DTYPE_NAMES[tensor.dtype]
+        except KeyError:
+            raise VlmMergeError(f"tensor {tensor.name!r}: dtype {tensor.dtype} cannot be written to safetensors") from None
+        header[tensor.name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [position, position + tensor.nbytes]}
+        offsets[tensor.name] = position
+        position += tensor.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    data_start = 8 + len(text)
+    return struct.pack("<Q", len(text)) + text, {name: data_start + offset for name, offset in offsets.items()}
+
+
+class StreamingSafetensorsWriter:
+    """Writes a planned set of tensors into sharded safetensors files as each one becomes ready.
+
+    Every shape and dtype is known up front, so each shard's header and every tensor's offset
+    are fixed before the first tensor is computed: `write` puts a tensor's bytes at its place
+    with a positioned write and the caller can drop it at once. Memory stays constant (no shard
+    is gathered in RAM), tensors may arrive in any order and from several threads. Shard names
+    follow transformers (`model-00001-of-00003.safetensors` + index, or one `model.safetensors`);
+    the files get their final names in `finish`, once every tensor is written.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        tensors: Sequence[PlannedTensor],
+        max_shard_size: str | int = "5GB",
+        metadata: dict[str, str] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self._planned = {t.name: t for t in tensors}
+        if len(self._planned) != len(tensors):
+            dup = sorted({t.name for t in tensors if sum(u.name == t.name for u in tensors) > 1})
+            raise VlmMergeError(f"tensor {dup[0]!r} planned twice")
+        if not tensors:
+            raise VlmMergeError("no tensors to write")
+        groups = assign_shards(tensors, parse_size(max_shard_size))
+        count = len(groups)
+        self._shards: list[_PlannedShard] = []
+        self._shard_of: dict[str, _PlannedShard] = {}
+        self._written: set[str] = set()
+        self._lock = threading.Lock()
+        self.total_bytes = sum(t.nbytes for t in tensors)
+        try:
+            for index, group in enumerate(groups, start=1):
+                header, offsets = safetensors_header(group, self.metadata)
+                final = "model.safetensors" if count == 1 else f"model-{index:05d}-of-{count:05d}.safetensors"
+                shard = _PlannedShard(self.folder / f"shard-{index:05d}.tmp.safetensors", final, offsets)
+                shard.fd = os.open(shard.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                self._shards.append(shard)
+                _pwrite_all(shard.fd, memoryview(header), 0, shard.path)
+                os.ftruncate(shard.fd, len(header) + sum(t.nbytes for t in group))
+                self._shard_of.update({t.name: shard for t in group})
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        planned = self._planned.get(name)
+        if planned is None:
+            raise VlmMergeError(f"tensor {name!r} is not part of the planned output")
+        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
+            raise VlmMergeError(
+                f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, planned {planned.dtype}{list(planned.shape)}"
+            )
+        with self._lock:
+            if name in self._written:
+                raise VlmMergeError(f"tensor {name!r} written twice")
+            self._written.add(name)
+        if planned.nbytes:
+            shard = self._shard_of[name]
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            _pwrite_all(shard.fd, memoryview(data.numpy()), shard.offsets[name], shard.path)
+
+    def finish(self) -> list[Path]:
+        missing = [name for name in self._planned if name not in self._written]
+        if missing:
+            self.close()
+            raise VlmMergeError(f"{len(missing)} planned tensors were never written, e.g. {missing[0]!r}")
+        self.close()
+        finals = []
+        weight_map: dict[str, str] = {}
+        for shard in self._shards:
+            final = self.folder / shard.final_name
+            os.replace(shard.path, final)
+            finals.append(final)
+            weight_map.update({name: shard.final_name for name in shard.offsets})
+        if len(self._shards) > 1:
+            index_doc = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2) + "\n")
+        return finals
+
+    def close(self) -> None:
+        for shard in self._shards:
+            if shard.fd is not None:
+                os.close(shard.fd)
+                shard.fd = None
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
+    done, total = 0, len(data)
+    while done < total:
+        try:
+            count = os.pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
+        except OSError as exc:
+            raise VlmMergeError(f"{path}: write failed ({exc})") from exc
+        if count <= 0:
+            raise VlmMergeError(f"{path}: write failed (nothing written; disk full?)")
+        done += count
 
 
 @contextlib.contextmanager

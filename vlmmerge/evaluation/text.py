@@ -33,8 +33,8 @@ from vlmmerge.errors import VlmMergeError
 CHINESE_HAN_RUN = 10
 # Characters used in simplified Chinese but not in Japanese writing (a small, high-precision list).
 SIMPLIFIED_ONLY = frozenset(
-    "这们说时还么吗呢对种样过为见进没现开关问边发后里间东车马鸟龙门书长写头爱儿页话让谁诉请认识"
-    "钱铁银难题顾买卖语读视觉亲热电脑网络应该觉该给经练习们样貌贵飞机场简单图觉红绿蓝黄鱼"
+    "这们说时还么吗呢对种样过为见进现开关问边发间东车马鸟龙门书长头爱儿页话让谁诉请认识"
+    "钱铁银难题顾买卖语读视觉亲热电脑网络应该给经练习贵飞场简单图红绿蓝鱼"
 )
 
 _EMOJI_RANGES = (

@@ -17,6 +17,9 @@ from PIL import Image, ImageDraw
 COLORS = {"赤": ("red", (220, 30, 30)), "青": ("blue", (30, 60, 220)), "緑": ("green", (30, 170, 60)),
           "黄": ("yellow", (235, 210, 30))}
 SHAPES = {"丸": "circle", "四角": "square"}
+# Questions of different lengths, so batches need padding.
+QUESTIONS_JA = ("何色ですか？", "この画像に描かれている図形は何色ですか？", "色は？")
+QUESTIONS_EN = ("What color is it?", "What color is the shape drawn in this picture?", "Color?")
 
 
 def draw_shape(color: tuple[int, int, int], shape: str, size: int = 48) -> Image.Image:
@@ -47,7 +50,7 @@ def toy_caption_items(language: str = "ja") -> list[dict]:
             else:
                 ref, concepts = f"a {color_en} {shape_en}", [color_en, shape_en]
             items.append({"id": f"shape-{i:02d}", "image": f"images/{i:02d}.png", "reference": ref,
-                          "question": "何色ですか？" if language == "ja" else "What color is it?",
+                          "question": (QUESTIONS_JA if language == "ja" else QUESTIONS_EN)[i % 3],
                           "answer": None, "concepts": concepts, "meta": {"slice": shape_en},
                           "_draw": (rgb, shape_en)})
     return items

@@ -21,7 +21,8 @@ from vlmmerge.errors import RecipeError
 # Below this many elements `torch.kthvalue` on the whole tensor is already cheap.
 _DIRECT_SELECT_MAX = 1 << 20
 # Size of the deterministic sample that brackets the wanted rank in large tensors.
-_SAMPLE_SIZE = 1 << 16
+_SAMPLE_SIZE = 1 << 14
+_CHUNK = 1 << 18
 _SAMPLE_SEED = 0x5EED
 # mergekit's tolerance below which an L1/L2/Linf norm is treated as zero (no rescaling).
 RESCALE_EPS = 1e-7
@@ -36,9 +37,10 @@ def _count(mask: Tensor) -> int:
 def value_at_rank(values: Tensor, rank: int) -> Tensor:
     """The value at 0-based ascending `rank` of a 1-D tensor: `torch.kthvalue(values, rank + 1)`.
 
-    For large tensors a fixed-seed random sample brackets the rank; only the elements inside the
-    bracket go to `kthvalue`. The answer is exact: if the bracket misses (adversarial data), the
-    whole tensor is searched. The caller's random generator is never touched.
+    For large tensors a fixed-seed random sample brackets the rank; one chunked pass counts the
+    values below the bracket and gathers those inside, and only these go to `kthvalue`. The
+    answer is exact: if the bracket misses (adversarial data), the whole tensor is searched. The
+    caller's random generator is never touched.
     """
     n = values.numel()
     if not 0 <= rank < n:
@@ -52,16 +54,24 @@ def value_at_rank(values: Tensor, rank: int) -> Tensor:
     margin = 4.0 * math.sqrt(_SAMPLE_SIZE * q * (1.0 - q)) + 32.0
     lo_index = int(q * _SAMPLE_SIZE - margin)
     hi_index = int(math.ceil(q * _SAMPLE_SIZE + margin))
+    lo = sample[lo_index] if lo_index > 0 else None
+    hi = sample[hi_index] if hi_index < _SAMPLE_SIZE - 1 else None
+    if lo is None and hi is None:
+        return torch.kthvalue(values, rank + 1).values
     below = 0
-    inside: Tensor | None = None
-    if lo_index > 0:
-        lo = sample[lo_index]
-        below = _count(values < lo)
-        inside = values >= lo
-    if hi_index < _SAMPLE_SIZE - 1:
-        hi = sample[hi_index]
-        inside = values <= hi if inside is None else inside.logical_and_(values <= hi)
-    candidates = values if inside is None else values[inside]
+    inside_parts = []
+    # Chunks small enough to stay in cache and to reuse allocator memory.
+    for chunk in values.split(_CHUNK):
+        if lo is not None:
+            inside = chunk >= lo
+            below += chunk.numel() - _count(inside)
+            if hi is not None:
+                inside.logical_and_(chunk <= hi)
+        else:
+            inside = chunk <= hi
+        inside_parts.append(chunk[inside])
+    candidates = torch.cat(inside_parts)
+    del inside_parts
     if below <= rank < below + candidates.numel():
         return torch.kthvalue(candidates, rank - below + 1).values
     return torch.kthvalue(values, rank + 1).values

@@ -107,15 +107,17 @@ def generalized_task_arithmetic(
         del scratch
         elected = elect_sign(deltas, consensus)
         merged = torch.zeros_like(base)
-        divisor = torch.zeros_like(base)
+        divisor = torch.zeros_like(base) if normalize else None
         agrees = torch.empty_like(base)
         for i, weight in enumerate(weights_t.tolist()):
             # 1.0 where the entry is nonzero with the elected sign, else 0.0
             torch.mul(deltas[i], elected, out=agrees).gt_(0)
             merged.addcmul_(deltas[i], agrees)
-            divisor.add_(agrees, alpha=weight)
+            if divisor is not None:
+                divisor.add_(agrees, alpha=weight)
         del deltas, elected, agrees
-        divisor.masked_fill_(divisor == 0, 1)
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1)
     if normalize:
         merged.div_(divisor)
     if lambda_ != 1:

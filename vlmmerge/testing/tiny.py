@@ -1,8 +1,21 @@
 """Tiny random models of every supported family, built offline from real transformers classes.
 
-Every family gets a deterministic config (hidden 32-64, two language layers, two vision layers,
-a 320-row vocabulary, 32-pixel images) so a model builds in milliseconds and still meets the real
-tensor names, shapes and loading paths of its transformers class.
+Every family gets a deterministic config (text width 64 with 2 layers, vision width 32 with 2 layers,
+a 320-row vocabulary (PaliGemma: 1416, see below), 32-pixel images, 8-pixel patches), so a model
+builds in well under a second and still meets the real tensor names, shapes and loading paths of its
+transformers class.
+
+Tokenizers are byte-level BPE without merges, made with `tokenizers`: ids 0-3 are <pad> <s> </s> <unk>,
+4-259 the 256 bytes (any text, Japanese included, round-trips), then the family's added tokens
+(`FAMILY_ADDED_TOKENS`: <image>, <|vision_start|>, ...) from 260 on, the way real VLMs append theirs.
+
+Processors: every VLM family uses its real processor class (LlavaProcessor, LlavaNextProcessor,
+LlavaOnevisionProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor, Idefics3Processor,
+SmolVLMProcessor, PaliGemmaProcessor, Gemma3Processor, PixtralProcessor for Mistral3,
+InternVLProcessor) built from the tiny tokenizer and the family's image (and video) processor set up
+for 32-pixel images, so `AutoProcessor.from_pretrained(folder)` works for all of them and
+`smoke_inputs` never builds image tokens by hand. Causal-LM families get the tokenizer alone.
+SmolVLM's processor needs the `num2words` package (a transformers requirement).
 """
 
 from __future__ import annotations
@@ -10,14 +23,19 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel
+
+from vlmmerge.errors import UnsupportedArchitectureError
 
 VLM_FAMILIES: tuple[str, ...] = (
     "llava",
@@ -68,6 +86,9 @@ VOCAB_SIZE = 320
 
 IMAGE_SIZE = 32  # pixels; every vision tower sees 32x32 images (or 32x32 tiles)
 PATCH_SIZE = 8
+# LLaVA-NeXT / OneVision "anyres" grids: up to 2x2 tiles of 32 pixels.
+IMAGE_GRID_PINPOINTS = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
+                        [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
 
 TEXT_DIMS: dict[str, Any] = dict(
     hidden_size=64,
@@ -115,11 +136,15 @@ FAMILY_ADDED_TOKENS: dict[str, tuple[str, ...]] = {
         "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
         *(f"<row_{r}_col_{c}>" for r in range(1, IDEFICS3_GRID + 1) for c in range(1, IDEFICS3_GRID + 1)),
     ),
-    "paligemma": ("<image>",),
+    # PaliGemma's processor always appends 1024 <locNNNN> and 128 <segNNN> tokens: they are part of the
+    # real vocabulary, so the tiny one holds them too (and PaliGemma's vocabulary is larger).
+    "paligemma": ("<image>", *(f"<loc{i:04d}>" for i in range(1024)), *(f"<seg{i:03d}>" for i in range(128))),
     "gemma3": ("<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"),
     "mistral3": ("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"),
     "internvl": ("<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<|im_start|>", "<|im_end|>"),
 }
+PALIGEMMA_VOCAB_SIZE = -(-(ADDED_TOKEN_START + len(FAMILY_ADDED_TOKENS["paligemma"])) // 8) * 8  # 1416
+_PLAIN_ADDED_TOKEN = re.compile(r"<(loc\d{4}|seg\d{3})>")  # added, but not special
 
 
 def added_token_id(family: str, token: str) -> int:
@@ -182,8 +207,6 @@ def _family_spec(
     clip_vision = lambda: t.CLIPVisionConfig(**vision(projection_dim=VISION_DIMS["hidden_size"]))  # noqa: E731
     siglip_vision = lambda: t.SiglipVisionConfig(**vision(vision_use_head=False))  # noqa: E731
     tokens_per_image = (IMAGE_SIZE // PATCH_SIZE) ** 2
-    pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
-                 [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
     if family == "llava":
         return t.LlavaConfig, dict(
             text_config=t.LlamaConfig(**text()), vision_config=clip_vision(),
@@ -194,14 +217,15 @@ def _family_spec(
         # LLaVA-1.6-Mistral (the EvoVLM-JP base) pairs CLIP with a Mistral language model.
         return t.LlavaNextConfig, dict(
             text_config=t.MistralConfig(**text(sliding_window=None)), vision_config=clip_vision(),
-            image_token_index=tok("<image>"), image_grid_pinpoints=pinpoints, image_seq_length=tokens_per_image,
+            image_token_index=tok("<image>"), image_grid_pinpoints=IMAGE_GRID_PINPOINTS,
+            image_seq_length=tokens_per_image,
             vision_feature_layer=-2, vision_feature_select_strategy="default",
         )
     if family == "llava_onevision":
         return t.LlavaOnevisionConfig, dict(
             text_config=t.Qwen2Config(**text()), vision_config=siglip_vision(),
             image_token_index=tok("<image>"), video_token_index=tok("<video>"),
-            image_grid_pinpoints=pinpoints, vision_aspect_ratio="anyres_max_9",
+            image_grid_pinpoints=IMAGE_GRID_PINPOINTS, vision_aspect_ratio="anyres_max_9",
             vision_feature_layer=-1, vision_feature_select_strategy="full",
         )
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
@@ -250,7 +274,7 @@ def _family_spec(
             image_token_id=tok("<image>"), scale_factor=2, pad_token_id=PAD_ID,
         )
     if family == "paligemma":
-        text_values = text(hidden_activation="gelu_pytorch_tanh")
+        text_values = text(hidden_activation="gelu_pytorch_tanh", vocab_size=PALIGEMMA_VOCAB_SIZE)
         return t.PaliGemmaConfig, dict(
             text_config=t.GemmaConfig(**text_values), vision_config=siglip_vision(),
             image_token_index=tok("<image>"), vocab_size=text_values["vocab_size"],
@@ -417,9 +441,10 @@ def tiny_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in (*BASE_SPECIAL_TOKENS, *added)]
-    )
+    plain = [t for t in added if _PLAIN_ADDED_TOKEN.fullmatch(t)]
+    special = [t for t in (*BASE_SPECIAL_TOKENS, *added) if t not in set(plain)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain])
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",
@@ -440,7 +465,7 @@ def tiny_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
 def _image_processor(family: str) -> Any:
     t = transformers
     square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    pinpoints = IMAGE_GRID_PINPOINTS
     if family == "llava":
         return t.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
     if family == "llava_next":
@@ -551,7 +576,7 @@ def tiny_processor(family: str) -> Any:
         return t.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     if family == "gemma3":
         return t.Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                 image_seq_length=4, chat_template=template)
+                                 image_seq_length=tokens_per_image // 4, chat_template=template)
     if family == "mistral3":
         return t.PixtralProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                                   spatial_merge_size=2, chat_template=template)
@@ -569,11 +594,8 @@ SMOKE_PROMPT = "What is in the picture?"
 SMOKE_TEXT = "The quick brown fox"
 
 
-def smoke_image(size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> "PIL.Image.Image":  # noqa: F821
+def smoke_image(size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> Image.Image:
     """A deterministic RGB test image (colour gradients), `size` = (width, height)."""
-    import numpy as np
-    from PIL import Image
-
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack(
@@ -657,10 +679,15 @@ def matching_lm_config(vlm_config: PretrainedConfig) -> PretrainedConfig:
     """
     text = vlm_config.get_text_config()
     if text is vlm_config:
-        raise ValueError(f"config of model_type {vlm_config.model_type!r} has no text_config: not a VLM")
+        raise UnsupportedArchitectureError(
+            f"config of model_type {vlm_config.model_type!r} has no text_config: not a VLM"
+        )
     class_name = _LM_CONFIG_FOR_TEXT_TYPE.get(text.model_type)
     if class_name is None:
-        raise KeyError(f"no standalone causal-LM config known for text model_type {text.model_type!r}")
+        raise UnsupportedArchitectureError(
+            f"no standalone causal-LM config known for the text model_type {text.model_type!r} "
+            f"of {vlm_config.model_type!r}; known: {', '.join(_LM_CONFIG_FOR_TEXT_TYPE)}"
+        )
     values = {k: v for k, v in text.to_dict().items() if k not in _VLM_ONLY_TEXT_KEYS}
     rope = values.get("rope_parameters")
     if isinstance(rope, dict):
