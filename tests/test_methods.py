@@ -427,6 +427,8 @@ def test_merge_bad_values_and_counts():
         get_method("ties").merge(base, ft, [{"weight": 1.0}] * 3, {"normalize": "yes"})
     with pytest.raises(RecipeError, match="'weight'"):
         get_method("ties").merge(base, ft, [{"weight": "1"}] * 3, {})
+    with pytest.raises(RecipeError, match="'density'.*>= 0"):
+        get_method("dare_ties").merge(base, ft, [{"weight": 1.0, "density": -0.1}] * 3, {})
     with pytest.raises(RecipeError, match="'rescale_norm'"):
         get_method("dare_ties").merge(base, ft, [{"weight": 1.0}] * 3, {"rescale_norm": "l3"})
     with pytest.raises(RecipeError, match="exactly 2"):

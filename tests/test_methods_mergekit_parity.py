@@ -211,10 +211,11 @@ RANDOM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("shape", [(30, 50), (77,), (4, 9, 11)])
 @pytest.mark.parametrize(("method", "settings"), RANDOM_CASES)
-def test_random_methods_same_stream_same_masks(method, settings):
+def test_random_methods_same_stream_same_masks(method, settings, shape):
     # mergekit draws from torch's global generator; ours from an explicit one in the same state.
-    base, models = tie_free_models((30, 50), 3, seed=11)
+    base, models = tie_free_models(shape, 3, seed=11)
     weights = [0.7, 0.5, 0.4]
     densities = [0.5, 0.3, 0.7]
     lists = {"weight": weights, "density": densities}

@@ -280,7 +280,10 @@ def plan_tensor(anatomy: Anatomy, name: str, shared_rows: int, special_rows: tup
         return TensorPlan(name, component)
     layer = anatomy.layer_index(name)
     layers = anatomy.num_layers
-    t = 0.0 if layer is None or layers <= 1 else layer / (layers - 1)
+    if layer is None:
+        t = 0.0  # embeddings, final norm, head (mergekit's rule)
+    else:
+        t = layer / (layers - 1) if layers > 1 else 1.0
     plan = TensorPlan(name, component, lm_name=anatomy.to_lm_name(name), t=t)
     if component in ("embeddings", "head"):
         plan.merged_rows = shared_rows

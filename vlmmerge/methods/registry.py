@@ -20,11 +20,13 @@ from vlmmerge.methods.sparsify import RESCALE_NORMS
 
 # Per-model recipe parameter -> keyword (a list, one value per model) of the pure function.
 _PER_MODEL_KEYWORDS = {"weight": "weights", "density": "densities", "gamma": "gammas", "epsilon": "epsilons"}
+# Fractions that mergekit leaves unchecked (a negative DARE density crashes torch.bernoulli there).
+_NON_NEGATIVE = frozenset({"density", "gamma", "epsilon"})
 # Global recipe parameter -> keyword of the pure function.
 _GLOBAL_KEYWORDS = {"lambda": "lambda_", "nuslerp_row_wise": "row_wise", "nuslerp_flatten": "flatten"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: hashable by identity despite mapping fields
 class MergeMethod:
     """A merge method: its parameters, the model counts it accepts, and its pure function.
 
@@ -92,6 +94,8 @@ class MergeMethod:
             if value is None:
                 raise RecipeError(f"missing required parameter {name!r} for {where}")
             resolved[name] = _as_float(name, value, where)
+            if name in _NON_NEGATIVE and resolved[name] < 0:
+                raise RecipeError(f"parameter {name!r} for {where} must be >= 0, got {value!r}")
         return resolved
 
     def resolve_global_params(self, params: Mapping[str, Any]) -> dict[str, Any]:

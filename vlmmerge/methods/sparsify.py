@@ -4,9 +4,10 @@ All functions take a delta tensor (finetuned - base) that the caller owns: they 
 place and return it. Selection never sorts a whole tensor: an exact rank threshold is found with
 `torch.kthvalue` on a small bracket located by a deterministic sample (see `value_at_rank`).
 
-Ties at a rank boundary are broken by flat index: among equal magnitudes the element with the
-lower index ranks lower (ascending order), as a stable sort would order them. mergekit 0.1.5 uses
-an unstable `argsort`, so it agrees with us exactly whenever the boundary values are distinct.
+Ties at a rank boundary are broken by flat index, as a stable sort in mergekit's direction would
+order them: the TIES top-k keeps the lower indices among equal magnitudes (stable descending
+sort); breadcrumbs ranks ascending by (magnitude, index). mergekit 0.1.5 uses an unstable
+`argsort`, so it agrees with us exactly whenever the boundary magnitudes are distinct.
 """
 
 from __future__ import annotations
@@ -115,27 +116,22 @@ def rescale_to_norm(masked: Tensor, before: Tensor, norm: str) -> Tensor:
 
     No scaling when either norm is below 1e-7 (mergekit's `rescaled_masked_tensor`).
     """
-    if norm == "l1":
-        after = masked.abs().sum()
-    elif norm == "l2":
-        after = torch.linalg.vector_norm(masked)
-    elif norm == "linf":
-        after = masked.abs().max() if masked.numel() else masked.new_zeros(())
-    else:
-        raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of l1, l2, linf")
+    after = _norm_of(masked, norm)
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return masked
     return masked.mul_(before / after)
 
 
 def _norm_of(tensor: Tensor, norm: str) -> Tensor:
+    # abs().sum(), not vector_norm(ord=1): the latter accumulates naively in float32 (0.1% off
+    # on 8M entries) where sum() uses cascade summation, as mergekit does.
     if norm == "l1":
         return tensor.abs().sum()
     if norm == "l2":
         return torch.linalg.vector_norm(tensor)
     if norm == "linf":
         return tensor.abs().max() if tensor.numel() else tensor.new_zeros(())
-    raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of {', '.join(RESCALE_NORMS)}")
+    raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of l1, l2, linf")
 
 
 def _check_deterministic_norm(rescale_norm: str | None) -> None:

@@ -108,14 +108,13 @@ def generalized_task_arithmetic(
         elected = elect_sign(deltas, consensus)
         merged = torch.zeros_like(base)
         divisor = torch.zeros_like(base) if normalize else None
-        agrees = torch.empty_like(base)
         for i, weight in enumerate(weights_t.tolist()):
-            # 1.0 where the entry is nonzero with the elected sign, else 0.0
-            torch.mul(deltas[i], elected, out=agrees).gt_(0)
-            merged.addcmul_(deltas[i], agrees)
+            # In place, no mask buffer: |delta| where its sign is the elected one, else 0 ...
+            agreeing = deltas[i].mul_(elected).relu_()
+            merged.addcmul_(agreeing, elected)  # ... times the elected sign is the delta itself
             if divisor is not None:
-                divisor.add_(agrees, alpha=weight)
-        del deltas, elected, agrees
+                divisor.add_(agreeing.sign_(), alpha=weight)  # 1.0 where it agreed
+        del deltas, elected
         if divisor is not None:
             divisor.masked_fill_(divisor == 0, 1)
     if normalize:
