@@ -9,7 +9,7 @@ at a time from a meta-device model's shapes, so no full-precision model is ever 
 Then, for each method, runs vlmmerge and mergekit-yaml on the same recipe in fresh processes,
 alternating which goes first, plus an I/O floor process (reads every input tensor, writes one
 output of the same size with safetensors). Each child's wall time and peak RSS (the kernel's
-`ru_maxrss` from wait4, i.e. that process's high-water resident set) is recorded.
+`ru_maxrss` reported by GNU time, i.e. that process's high-water resident set) is recorded.
 
 Results go to a JSON file and, with --write-doc, into the results block of docs/benchmarks.md.
 """
@@ -52,6 +52,7 @@ SIZES: dict[str, dict] = {
     ),
 }
 METHODS = ("linear", "ties", "dare_ties")
+DETERMINISTIC = ("linear", "ties")  # dare_ties draws its random masks differently in each tool
 MODEL_NAMES = ("base", "ft1", "ft2")
 INIT_STD = 0.02
 FINETUNE_STD = 0.002  # fine-tune deltas: 10% of the weights' scale
@@ -246,16 +247,44 @@ class Run:
     inner_s: float | None = None  # the floor's own I/O time, imports excluded
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def measure(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float, int, str]:
-    """Run `cmd` as a fresh process; wall seconds, peak RSS (MB) of that process, exit code, output tail."""
+    """Run `cmd` as a fresh process; wall seconds, peak RSS (MB) of that process, exit code, output tail.
+
+    The peak RSS is the kernel's high-water mark of the measured process. A child started
+    straight from this (large) Python process would report at least this process's own peak
+    (Linux carries the pre-exec memory's high-water mark over exec), so the command runs under
+    GNU time, a tiny process, and its report of the command's `ru_maxrss` is used. Without GNU
+    time the child's /proc VmHWM is polled instead.
+    """
+    report = log_path.with_suffix(".rss")
+    use_time = Path(GNU_TIME).exists()
+    full = [GNU_TIME, "-f", "%M", "-o", str(report), *cmd] if use_time else cmd
+    hwm_kib = 0
     with open(log_path, "w") as log:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        while proc.poll() is None:
+            if not use_time:
+                hwm_kib = max(hwm_kib, _vm_hwm_kib(proc.pid))
+            time.sleep(0.02)
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    if use_time:
+        hwm_kib = int(report.read_text().split()[-1])
     tail = log_path.read_text(errors="replace")[-3000:]
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode, tail  # ru_maxrss is in KiB on Linux
+    return wall, hwm_kib / 1024.0, proc.returncode, tail
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def child_env() -> dict[str, str]:
@@ -266,11 +295,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_once(tool: str, method: str, repeat: int, paths: dict[str, Path], work: Path, log=print) -> Run:
+def output_dir(work: Path, tool: str, method: str) -> Path:
+    return work / f"out-{tool}-{method}"
+
+
+def run_once(tool: str, method: str, repeat: int, paths: dict[str, Path], work: Path, log=print, keep: bool = False) -> Run:
     recipe = work / f"{method}.yaml"
     if tool != "floor":
         recipe.write_text(yaml.safe_dump(recipe_for(method, paths), sort_keys=False))
-    out = work / f"out-{tool}-{method}"
+    out = output_dir(work, tool, method)
     shutil.rmtree(out, ignore_errors=True)
     load_before = os.getloadavg()[0]
     wall, rss, code, tail = measure(commands(tool, recipe, out, paths), work / f"{tool}-{method}-{repeat}.log", child_env())
@@ -282,7 +315,8 @@ def run_once(tool: str, method: str, repeat: int, paths: dict[str, Path], work: 
         for line in tail.splitlines():
             if line.startswith("floor_seconds="):
                 inner = float(line.split("=", 1)[1])
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     run = Run(tool, method, repeat, wall, rss, code, load_before, load_after, inner)
     log(f"  rep {repeat} {method:<9} {tool:<8} {wall:7.1f} s  {rss:8.0f} MB  (load {load_before:.1f} -> {load_after:.1f})")
     return run
@@ -321,6 +355,36 @@ def tool_versions() -> dict:
     return out
 
 
+def compare_outputs(ours: Path, theirs: Path) -> dict:
+    """How far two merged folders are apart, tensor by tensor (same names expected).
+
+    Reported relative to each tensor's largest magnitude; bf16 outputs computed in float32 (ours)
+    and in bf16 (mergekit with `dtype: bfloat16`) differ by about one bf16 rounding step.
+    """
+    from safetensors import safe_open
+
+    def index(folder: Path) -> dict[str, Path]:
+        keys = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(file, framework="pt") as handle:
+                keys.update({k: file for k in handle.keys()})
+        return keys
+
+    a, b = index(ours), index(theirs)
+    if set(a) != set(b):
+        return {"same_names": False, "only_ours": sorted(set(a) - set(b))[:5], "only_theirs": sorted(set(b) - set(a))[:5]}
+    worst, total_rel, count = 0.0, 0.0, 0
+    for key in sorted(a):
+        with safe_open(a[key], framework="pt") as fa, safe_open(b[key], framework="pt") as fb:
+            x, y = fa.get_tensor(key).float(), fb.get_tensor(key).float()
+        scale = float(x.abs().max()) or 1.0
+        rel = float((x - y).abs().max()) / scale
+        worst = max(worst, rel)
+        total_rel += float((x - y).abs().mean()) / scale
+        count += 1
+    return {"same_names": True, "tensors": count, "max_rel_diff": worst, "mean_rel_diff": total_rel / max(count, 1)}
+
+
 @dataclass
 class Benchmark:
     size: str
@@ -333,6 +397,19 @@ class Benchmark:
     parameters: int
     checkpoint_gb: float
     runs: list[Run] = field(default_factory=list)
+    agreement: dict[str, dict] = field(default_factory=dict)  # method -> compare_outputs(vlmmerge, mergekit)
+
+
+def _command_line() -> str:
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO) if sys.argv and sys.argv[0] else "benchmarks/merge_speed.py"
+    return " ".join([".venv/bin/python", script, *sys.argv[1:]])
+
+
+def load_results(path: Path) -> Benchmark:
+    """A benchmark saved with --json, for re-rendering (--from-json)."""
+    data = json.loads(Path(path).read_text())
+    data["runs"] = [Run(**run) for run in data["runs"]]
+    return Benchmark(**data)
 
 
 def run_benchmark(size: str, repeats: int, methods: list[str], cache_dir: Path, tools=("vlmmerge", "mergekit"), log=print) -> Benchmark:
@@ -341,7 +418,7 @@ def run_benchmark(size: str, repeats: int, methods: list[str], cache_dir: Path, 
     work = Path(cache_dir) / f"work-{size}"
     work.mkdir(parents=True, exist_ok=True)
     bench = Benchmark(
-        size=size, repeats=repeats, methods=list(methods), command=" ".join([Path(sys.executable).name, *sys.argv]),
+        size=size, repeats=repeats, methods=list(methods), command=_command_line(),
         date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(),
         versions=tool_versions(), parameters=params, checkpoint_gb=round(params * 2 / 1e9, 2),
     )
@@ -349,8 +426,16 @@ def run_benchmark(size: str, repeats: int, methods: list[str], cache_dir: Path, 
         # Alternate the order every repeat so background load and cache state hit both tools alike.
         order = list(tools) if repeat % 2 == 0 else list(reversed(tools))
         for method in methods:
+            # The first repeat keeps both outputs of deterministic methods to check they agree.
+            keep = repeat == 0 and method in DETERMINISTIC and {"vlmmerge", "mergekit"} <= set(tools)
             for tool in order:
-                bench.runs.append(run_once(tool, method, repeat, paths, work, log))
+                bench.runs.append(run_once(tool, method, repeat, paths, work, log, keep=keep))
+            if keep:
+                ours, theirs = output_dir(work, "vlmmerge", method), output_dir(work, "mergekit", method)
+                bench.agreement[method] = compare_outputs(ours, theirs)
+                log(f"  {method}: vlmmerge vs mergekit outputs {bench.agreement[method]}")
+                shutil.rmtree(ours, ignore_errors=True)
+                shutil.rmtree(theirs, ignore_errors=True)
         bench.runs.append(run_once("floor", "io", repeat, paths, work, log))
     return bench
 
@@ -412,6 +497,17 @@ def markdown(bench: Benchmark) -> str:
             f"{fmt(r['wall_vs_floor'], '.1f')}x | {fmt(r['ours_rss'], '.0f')} | {fmt(r['mergekit_rss'], '.0f')} | "
             f"**{fmt(r['rss_vs_mergekit'], '.2f')}x** |"
         )
+    if bench.agreement:
+        parts = []
+        for method, agreement in bench.agreement.items():
+            if agreement.get("same_names"):
+                parts.append(
+                    f"{method}: same {agreement['tensors']} tensors, largest difference "
+                    f"{agreement['max_rel_diff']:.2g} and mean {agreement['mean_rel_diff']:.2g} of each tensor's largest magnitude"
+                )
+            else:
+                parts.append(f"{method}: tensor names differ {agreement}")
+        lines += ["", "Outputs, vlmmerge against mergekit (first repeat): " + "; ".join(parts) + "."]
     if floor:
         inner = [r.inner_s for r in floor if r.inner_s is not None]
         lines += [
@@ -452,7 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to save raw results (default: cache dir)")
     parser.add_argument("--write-doc", action="store_true", help=f"update the results block of {DOC.relative_to(REPO)}")
     parser.add_argument("--build-only", action="store_true", help="only build the cached checkpoints")
+    parser.add_argument("--from-json", type=Path, default=None, help="render (and with --write-doc, write) saved results")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        text = markdown(load_results(args.from_json))
+        print(text)
+        if args.write_doc:
+            write_doc(text)
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:
         if method not in METHODS:

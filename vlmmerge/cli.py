@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order is the order shown in `vlmmerge --help`. Helpers add their command's module name here.
-COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "demo")
+COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "demo", "zoo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Back torch's large CPU allocations with transparent huge pages where the kernel allows them
+    # on request: a merge allocates and frees many tensors of tens to hundreds of MB, and
+    # first-touch page faults on 4 KiB pages otherwise cost as much as the math. Read by torch at
+    # its first allocation, so it is set here, in the command-line process only (importing
+    # vlmmerge as a library changes nothing). THP_MEM_ALLOC_ENABLE=0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from vlmmerge.errors import VlmMergeError
 
     parser = build_parser()

@@ -48,9 +48,9 @@ class MergeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    compute_dtype: str = "float32"
-    max_shard_size: str = "2GB"
+    threads: int | None = None  # tensors merged at once; None: the usable cores, at most 8
+    compute_dtype: str = "float32"  # float32 or float64 (merge kernels never compute in half precision)
+    max_shard_size: str = "2GB"  # output safetensors shard size
 
 
 class Recipe(BaseModel):

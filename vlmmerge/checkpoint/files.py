@@ -7,10 +7,12 @@ pickles that can run code. A hub id is resolved with huggingface_hub (honouring 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import sys
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,11 +140,12 @@ class WeightFiles:
         return entry.shape, dtype
 
     def read(self, key: str) -> torch.Tensor:
-        """The tensor, in its stored dtype, in memory this call allocates (never a view of a mapping).
+        """The tensor in its stored dtype, private to the caller (writing to it never touches the file).
 
-        Safetensors data are read with positioned reads straight into a fresh tensor: no memory
-        map, so a merge's resident memory is the tensors it holds, not the pages it has touched.
-        Safe to call from several threads at once.
+        A safetensors tensor of 1 MiB or more is a copy-on-write mapping of its own byte range
+        (made for this call, unmapped when the tensor is freed): no copy and no fresh memory to
+        zero, and a merge's resident memory is the tensors it holds, not every page it touched.
+        Smaller ones are read with a positioned read. Safe to call from several threads at once.
         """
         file = self._file_of(key)
         if self.fmt == "bin":
@@ -204,6 +207,7 @@ class SafetensorsEntry:
 
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 _READ_CHUNK = 1 << 30  # one pread stays well below Linux's ~2 GiB per-call limit
+_MAP_MIN_BYTES = 1 << 20  # smaller tensors are cheaper to read than to map
 
 
 class SafetensorsFile:
@@ -215,20 +219,20 @@ class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot open ({exc})") from exc
         self._fd = fd
         self._finalizer = weakref.finalize(self, os.close, fd)
         size = os.fstat(fd).st_size
-        prefix = os.pread(fd, 8, 0)
+        prefix = _pread(fd, 8, 0)
         if len(prefix) < 8:
             raise CheckpointError(f"{self.path}: not a readable safetensors file (shorter than 8 bytes)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(f"{self.path}: not a readable safetensors file (header length {header_len})")
         try:
-            header = json.loads(os.pread(fd, header_len, 8))
+            header = json.loads(_pread(fd, header_len, 8))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{self.path}: not a readable safetensors file (header: {exc})") from exc
         if not isinstance(header, dict):
@@ -264,19 +268,51 @@ class SafetensorsFile:
 
     def read(self, entry: SafetensorsEntry, dtype: torch.dtype) -> torch.Tensor:
         nbytes = entry.stop - entry.start
+        if nbytes >= _MAP_MIN_BYTES and entry.start % dtype.itemsize == 0:
+            try:
+                return self._map(entry, nbytes).view(dtype).reshape(entry.shape)
+            except (OSError, ValueError):
+                pass  # e.g. a file system without mmap: read it instead
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
             view = memoryview(buffer.numpy())
             done = 0
             while done < nbytes:
-                count = os.preadv(self._fd, [view[done : done + _READ_CHUNK]], entry.start + done)
+                count = _pread_into(self._fd, view[done : done + _READ_CHUNK], entry.start + done)
                 if count <= 0:
                     raise CheckpointError(f"{self.path}: unexpected end of file reading {entry.key!r}")
                 done += count
         return buffer.view(dtype).reshape(entry.shape)
 
+    def _map(self, entry: SafetensorsEntry, nbytes: int) -> torch.Tensor:
+        start = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
+        # MAP_PRIVATE: the pages are the page cache's until written to, then the writer's own.
+        mapping = mmap.mmap(self._fd, entry.stop - start, access=mmap.ACCESS_COPY, offset=start)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about buffers it cannot resize
+            return torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=entry.start - start)
+
     def close(self) -> None:
         self._finalizer()
+
+
+_SEEK_LOCK = threading.Lock()
+
+
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    with _SEEK_LOCK:  # no positioned reads on this platform (Windows): seek and read under a lock
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, count)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = _pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -10,7 +10,7 @@ import shutil
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,7 @@ SAFETENSORS_DTYPE_NAMES = {
     torch.float8_e5m2: "F8_E5M2",
 }
 _WRITE_CHUNK = 1 << 30  # one pwrite stays well below Linux's ~2 GiB per-call limit
+_CONVERT_CHUNK_BYTES = 4 << 20  # converted output goes through a buffer this size (fits in L2/L3)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class StreamingSafetensorsWriter:
                 header, offsets = safetensors_header(group, self.metadata)
                 final = "model.safetensors" if count == 1 else f"model-{index:05d}-of-{count:05d}.safetensors"
                 shard = _PlannedShard(self.folder / f"shard-{index:05d}.tmp.safetensors", final, offsets)
-                shard.fd = os.open(shard.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                shard.fd = os.open(shard.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
                 self._shards.append(shard)
                 _pwrite_all(shard.fd, memoryview(header), 0, shard.path)
                 os.ftruncate(shard.fd, len(header) + sum(t.nbytes for t in group))
@@ -218,22 +219,93 @@ class StreamingSafetensorsWriter:
             self.close()
             raise
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        planned = self._planned.get(name)
-        if planned is None:
-            raise VlmMergeError(f"tensor {name!r} is not part of the planned output")
-        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
+    def write(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        convert: bool = False,
+        check: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
+        """Write one planned tensor at its place.
+
+        With `convert`, a floating tensor of another dtype is converted to the planned dtype chunk
+        by chunk through a small buffer (no full-size converted copy). `check`, if given, sees
+        every chunk as it will be written (e.g. to reject NaN) and may raise to abort.
+        """
+        planned = self._planned_or_raise(name)
+        if tuple(tensor.shape) != planned.shape or not _dtype_ok(tensor.dtype, planned.dtype, convert):
             raise VlmMergeError(
                 f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, planned {planned.dtype}{list(planned.shape)}"
             )
+        self._claim(name)
+        if planned.nbytes:
+            shard = self._shard_of[name]
+            self._write_flat(shard, shard.offsets[name], tensor.reshape(-1), planned.dtype, check)
+
+    def write_parts(
+        self,
+        name: str,
+        parts: Iterable[torch.Tensor],
+        *,
+        convert: bool = False,
+        check: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
+        """Write one planned tensor from consecutive pieces of its flattened values, as they come.
+
+        The pieces' element counts must add up to the planned tensor's; `convert` and `check` as
+        in `write`. Only one piece needs to exist at a time.
+        """
+        planned = self._planned_or_raise(name)
+        self._claim(name)
+        shard = self._shard_of[name]
+        offset = shard.offsets[name]
+        expected = planned.nbytes // planned.dtype.itemsize
+        written = 0
+        for part in parts:
+            if not _dtype_ok(part.dtype, planned.dtype, convert):
+                raise VlmMergeError(f"tensor {name!r}: got a {part.dtype} piece, planned {planned.dtype}")
+            flat = part.reshape(-1)
+            if written + flat.numel() > expected:
+                raise VlmMergeError(f"tensor {name!r}: pieces hold more than the planned {list(planned.shape)}")
+            offset = self._write_flat(shard, offset, flat, planned.dtype, check)
+            written += flat.numel()
+        if written != expected:
+            raise VlmMergeError(f"tensor {name!r}: pieces hold {written} of the {expected} planned elements")
+
+    def _planned_or_raise(self, name: str) -> PlannedTensor:
+        planned = self._planned.get(name)
+        if planned is None:
+            raise VlmMergeError(f"tensor {name!r} is not part of the planned output")
+        return planned
+
+    def _claim(self, name: str) -> None:
         with self._lock:
             if name in self._written:
                 raise VlmMergeError(f"tensor {name!r} written twice")
             self._written.add(name)
-        if planned.nbytes:
-            shard = self._shard_of[name]
-            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            _pwrite_all(shard.fd, memoryview(data.numpy()), shard.offsets[name], shard.path)
+
+    @staticmethod
+    def _write_flat(
+        shard: _PlannedShard, offset: int, flat: torch.Tensor, dtype: torch.dtype, check: Callable[[torch.Tensor], None] | None
+    ) -> int:
+        """Write a 1-D tensor at `offset` in `dtype` (converting through a small buffer); the next offset."""
+        flat = flat.detach().to("cpu").contiguous()
+        if flat.dtype == dtype:
+            if check is not None:
+                check(flat)
+            _pwrite_all(shard.fd, memoryview(flat.view(torch.uint8).numpy()), offset, shard.path)
+            return offset + flat.numel() * dtype.itemsize
+        step = max(1, _CONVERT_CHUNK_BYTES // dtype.itemsize)
+        buffer = torch.empty(min(step, flat.numel()), dtype=dtype)
+        for start in range(0, flat.numel(), step):
+            chunk = buffer[: min(step, flat.numel() - start)]
+            chunk.copy_(flat[start : start + step])
+            if check is not None:
+                check(chunk)
+            _pwrite_all(shard.fd, memoryview(chunk.view(torch.uint8).numpy()), offset, shard.path)
+            offset += chunk.numel() * dtype.itemsize
+        return offset
 
     def finish(self) -> list[Path]:
         missing = [name for name in self._planned if name not in self._written]
@@ -260,11 +332,26 @@ class StreamingSafetensorsWriter:
                 shard.fd = None
 
 
+_SEEK_LOCK = threading.Lock()
+
+
+def _dtype_ok(got: torch.dtype, planned: torch.dtype, convert: bool) -> bool:
+    return got == planned or (convert and got.is_floating_point and planned.is_floating_point)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    with _SEEK_LOCK:  # no positioned writes on this platform (Windows): seek and write under a lock
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
     done, total = 0, len(data)
     while done < total:
         try:
-            count = os.pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
+            count = _pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
         except OSError as exc:
             raise VlmMergeError(f"{path}: write failed ({exc})") from exc
         if count <= 0:

@@ -12,29 +12,65 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="merge models as a recipe says and write a Hugging Face folder",
         description="Run a static merge (mergekit-style YAML recipe). For VLM + LLM recipes only the "
         "language side merges; vision encoder and projector are copied from the host VLM.",
+        epilog="Engine knobs (command line > recipe `options:` > default). Tensors are merged by "
+        "--threads workers at once, each with single-threaded torch ops, and streamed into their place "
+        "in the output shards as soon as they are merged, so memory holds only the tensors in flight; "
+        "the largest tensor (usually the embedding or head) runs alone. Inputs are memory-mapped from "
+        "the page cache. See docs/benchmarks.md for measurements.",
     )
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("out_dir", type=Path, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    parser.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda (default: recipe or cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--max-shard-size", default=None, help="output shard size, e.g. 2GB (default 2GB)")
+    parser.add_argument(
+        "--device", default=None,
+        help="where the merge math runs, e.g. cpu, cuda, cuda:1 (default: recipe, else cpu); reading "
+        "and writing stay on the host",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="tensors merged at once (default: recipe, else the usable cores, at most 8); 1 gives "
+        "the lowest memory",
+    )
+    parser.add_argument(
+        "--max-shard-size", default=None,
+        help="output safetensors shard size, e.g. 2GB, 500MB, 5GiB (default: recipe, else 2GB)",
+    )
+    parser.add_argument(
+        "--compute-dtype", default=None, choices=["float32", "float64"],
+        help="precision of the merge math (default: recipe, else float32); the output dtype is the "
+        "recipe's `dtype`",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
+    # Importing torch and transformers creates a great many objects and no garbage worth a
+    # cyclic collection pass; this process ends after the merge.
+    gc.disable()
     from vlmmerge.engine import run_merge
 
+    recipe = args.recipe
+    recipe_text = args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None
+    if args.compute_dtype is not None:
+        from vlmmerge.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        recipe = recipe.model_copy(
+            update={"options": recipe.options.model_copy(update={"compute_dtype": args.compute_dtype})}
+        )
+        recipe_text = None  # the written recipe.yaml records the override
     result = run_merge(
-        args.recipe,
+        recipe,
         args.out_dir,
         overwrite=args.overwrite,
         device=args.device,
         threads=args.threads,
         max_shard_size=args.max_shard_size,
         progress=not args.quiet,
-        recipe_text=args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None,
+        recipe_text=recipe_text,
     )
     print(
         f"wrote {result.out_dir} ({result.tensors} tensors, {result.merged_tensors} merged, "

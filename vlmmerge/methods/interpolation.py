@@ -27,7 +27,7 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     total = weights_t.sum()
     if normalize and total == 0:
         raise RecipeError(f"weight: linear merge with normalize=true needs weights that do not sum to 0; got {list(weights)}")
-    merged = tensors[0].to(dtype) * weights_t[0]
+    merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])  # one fresh tensor, not two
     for tensor, weight in zip(tensors[1:], weights_t[1:].tolist()):
         merged.add_(tensor, alpha=weight)  # promotes a half-precision input on the fly
     if normalize:

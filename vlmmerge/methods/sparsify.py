@@ -24,6 +24,7 @@ _DIRECT_SELECT_MAX = 1 << 20
 # Size of the deterministic sample that brackets the wanted rank in large tensors.
 _SAMPLE_SIZE = 1 << 14
 _CHUNK = 1 << 18
+_SCAN_CHUNK = 1 << 20
 _SAMPLE_SEED = 0x5EED
 # mergekit's tolerance below which an L1/L2/Linf norm is treated as zero (no rescaling).
 RESCALE_EPS = 1e-7
@@ -43,11 +44,34 @@ def value_at_rank(values: Tensor, rank: int) -> Tensor:
     answer is exact: if the bracket misses (adversarial data), the whole tensor is searched. The
     caller's random generator is never touched.
     """
+    return _select(values, rank)[0]
+
+
+def _select(values: Tensor, rank: int, counts: bool = False) -> tuple[Tensor, int | None, int | None]:
+    """`value_at_rank`, plus (with `counts`) how many values are below it and equal to it.
+
+    The counts come from the bracket's candidates (every value equal to the answer lies inside
+    the bracket), so they cost no extra pass over a large tensor.
+    """
     n = values.numel()
     if not 0 <= rank < n:
         raise ValueError(f"rank {rank} out of range for {n} values")
-    if n <= _DIRECT_SELECT_MAX:
-        return torch.kthvalue(values, rank + 1).values
+    if n > _DIRECT_SELECT_MAX:
+        bracketed = _select_in_bracket(values, rank)
+        if bracketed is not None:
+            value, below, candidates = bracketed
+            if not counts:
+                return value, None, None
+            return value, below + _count(candidates < value), _count(candidates == value)
+    value = torch.kthvalue(values, rank + 1).values
+    if not counts:
+        return value, None, None
+    return value, _count(values < value), _count(values == value)
+
+
+def _select_in_bracket(values: Tensor, rank: int) -> tuple[Tensor, int, Tensor] | None:
+    """(value at `rank`, count below the bracket, the bracket's values), or None if the bracket misses."""
+    n = values.numel()
     sampler = torch.Generator(device=values.device).manual_seed(_SAMPLE_SEED)
     picks = torch.randint(n, (_SAMPLE_SIZE,), generator=sampler, device=values.device)
     sample = values[picks].sort().values
@@ -58,7 +82,7 @@ def value_at_rank(values: Tensor, rank: int) -> Tensor:
     lo = sample[lo_index] if lo_index > 0 else None
     hi = sample[hi_index] if hi_index < _SAMPLE_SIZE - 1 else None
     if lo is None and hi is None:
-        return torch.kthvalue(values, rank + 1).values
+        return None
     below = 0
     inside_parts = []
     # Chunks small enough to stay in cache and to reuse allocator memory.
@@ -73,9 +97,26 @@ def value_at_rank(values: Tensor, rank: int) -> Tensor:
         inside_parts.append(chunk[inside])
     candidates = torch.cat(inside_parts)
     del inside_parts
-    if below <= rank < below + candidates.numel():
-        return torch.kthvalue(candidates, rank - below + 1).values
-    return torch.kthvalue(values, rank + 1).values
+    if not below <= rank < below + candidates.numel():
+        return None
+    return torch.kthvalue(candidates, rank - below + 1).values, below, candidates
+
+
+def _position_of_nth_equal(values: Tensor, target: Tensor, nth: int) -> int:
+    """Flat index of the `nth` (1-based) element equal to `target`, scanning chunk by chunk.
+
+    Stops at the chunk that holds it, so on average only the fraction of the tensor before it is read.
+    """
+    offset = 0
+    seen = 0
+    for chunk in values.split(_SCAN_CHUNK):
+        equal = chunk == target
+        count = _count(equal)
+        if seen + count >= nth:
+            return offset + int(torch.nonzero(equal).reshape(-1)[nth - seen - 1])
+        seen += count
+        offset += chunk.numel()
+    raise ValueError(f"fewer than {nth} elements equal {float(target)}")
 
 
 def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
@@ -111,26 +152,30 @@ def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
     return mask.reshape(values.shape)
 
 
-def rescale_to_norm(masked: Tensor, before: Tensor, norm: str) -> Tensor:
+def rescale_to_norm(masked: Tensor, before: Tensor, norm: str, scratch: Tensor | None = None) -> Tensor:
     """Scale `masked` in place so its `norm` equals `before` (the unmasked tensor's norm).
 
     No scaling when either norm is below 1e-7 (mergekit's `rescaled_masked_tensor`).
+    `scratch` (shape and dtype of `masked`) saves the temporary of an L1 / Linf norm.
     """
-    after = _norm_of(masked, norm)
+    after = _norm_of(masked, norm, scratch)
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return masked
     return masked.mul_(before / after)
 
 
-def _norm_of(tensor: Tensor, norm: str) -> Tensor:
+def _norm_of(tensor: Tensor, norm: str, scratch: Tensor | None = None) -> Tensor:
     # abs().sum(), not vector_norm(ord=1): the latter accumulates naively in float32 (0.1% off
-    # on 8M entries) where sum() uses cascade summation, as mergekit does.
-    if norm == "l1":
-        return tensor.abs().sum()
+    # on 8M entries) where sum() uses cascade summation, as mergekit does. The absolute values
+    # go to `scratch` when given (same values, same sum, no fresh allocation).
+    if norm in ("l1", "linf"):
+        usable = scratch is not None and scratch.shape == tensor.shape and scratch.dtype == tensor.dtype
+        magnitudes = torch.abs(tensor, out=scratch) if usable else tensor.abs()
+        if norm == "l1":
+            return magnitudes.sum()
+        return magnitudes.max() if tensor.numel() else tensor.new_zeros(())
     if norm == "l2":
         return torch.linalg.vector_norm(tensor)
-    if norm == "linf":
-        return tensor.abs().max() if tensor.numel() else tensor.new_zeros(())
     raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of l1, l2, linf")
 
 
@@ -162,14 +207,19 @@ def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
         return magnitudes
     if k <= 0:
         return magnitudes.zero_()
-    threshold = value_at_rank(flat, n - k)
+    threshold, n_below, n_equal = _select(flat, n - k, counts=True)
     if threshold <= 0:
         return magnitudes  # fewer than k nonzero entries: every nonzero entry is kept
-    below_threshold = torch.nextafter(threshold, torch.zeros_like(threshold))
-    torch.threshold_(flat, float(below_threshold), 0.0)
-    excess = _count(flat) - k
-    if excess > 0:
-        flat[torch.nonzero(flat == threshold).squeeze(1)[-excess:]] = 0
+    below_threshold = float(torch.nextafter(threshold, torch.zeros_like(threshold)))
+    kept_equal = k - (n - n_below - n_equal)  # entries equal to the threshold that are kept
+    if kept_equal >= n_equal:
+        torch.threshold_(flat, below_threshold, 0.0)
+        return magnitudes
+    # Keep the first `kept_equal` entries equal to the threshold: >= threshold before the
+    # position just past the last kept one, > threshold from there on.
+    cut = _position_of_nth_equal(flat, threshold, kept_equal) + 1 if kept_equal > 0 else 0
+    torch.threshold_(flat[:cut], below_threshold, 0.0)
+    torch.threshold_(flat[cut:], float(threshold), 0.0)
     return magnitudes
 
 
@@ -257,6 +307,11 @@ def dare_sparsify(
     """
     if density >= 1:
         return delta
+    # The norm before the drop is taken first, so that `scratch` can hold the absolute values
+    # now, the mask next and the absolute values after the drop last (no fresh allocation).
+    before = None
+    if rescale_norm not in (None, "probability"):
+        before = _norm_of(delta, rescale_norm, scratch)
     # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
     # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
     if scratch is not None and scratch.dtype == torch.float32:
@@ -268,7 +323,11 @@ def dare_sparsify(
         if density <= 0:
             return delta.zero_()
         return delta.mul_(keep).div_(density)
-    return _apply_keep_mask(delta, keep, rescale_norm)
+    delta.mul_(keep)
+    del keep
+    if before is not None:
+        rescale_to_norm(delta, before, rescale_norm, scratch)
+    return delta
 
 
 def della_keep_probabilities(magnitudes: Tensor, density: float, epsilon: float) -> Tensor:

@@ -75,6 +75,9 @@ def generalized_task_arithmetic(
     """The shared task-vector merge (see module docstring). Returns a new tensor."""
     _check_lengths(finetuned, weight=weights)
     dtype = work_dtype(base, *finetuned)
+    # A half-precision base is also added back at the end as given: the addition promotes it
+    # exactly, so its working copy is needed only while the deltas are formed.
+    base_in = base
     base = base.to(dtype)
     if not finetuned:
         return base.clone()
@@ -104,24 +107,47 @@ def generalized_task_arithmetic(
         deltas = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=base.device)
         for i in range(len(finetuned)):
             weighted_delta(i, deltas[i])
+        work = scratch if scratch is not None else torch.empty(base.shape, dtype=dtype, device=base.device)
         del scratch
-        elected = elect_sign(deltas, consensus)
-        merged = torch.zeros_like(base)
-        divisor = torch.zeros_like(base) if normalize else None
+        if base is not base_in:
+            del base  # the election phase holds only the deltas, the elected signs and the divisor
+        if consensus == "sum":
+            # elect_sign's "sum" rule, computed in the free scratch buffer (same reduction, same bits)
+            elected = torch.sum(deltas, dim=0, out=work).ge_(0).mul_(2).sub_(1)
+        else:
+            elected = elect_sign(deltas, consensus)
+        del work
+        merged = None
+        divisor = None
         for i, weight in enumerate(weights_t.tolist()):
             # In place, no mask buffer: |delta| where its sign is the elected one, else 0 ...
             agreeing = deltas[i].mul_(elected).relu_()
-            merged.addcmul_(agreeing, elected)  # ... times the elected sign is the delta itself
-            if divisor is not None:
-                divisor.add_(agreeing.sign_(), alpha=weight)  # 1.0 where it agreed
-        del deltas, elected
+            if merged is None:
+                if normalize:
+                    divisor = torch.sign(agreeing).mul_(weight)  # weight where it agreed, else 0
+                # ... times the elected sign is the delta itself. The sum accumulates in the first
+                # delta's buffer; adding +0.0 turns -0.0 into +0.0, as a sum started at zero does.
+                merged = agreeing.mul_(elected).add_(0.0)
+            else:
+                merged.addcmul_(agreeing, elected)
+                if divisor is not None:
+                    divisor.add_(agreeing.sign_(), alpha=weight)  # 1.0 where it agreed
+        del agreeing
         if divisor is not None:
             divisor.masked_fill_(divisor == 0, 1)
+        if normalize:
+            merged.div_(divisor)
+        del divisor
+        if lambda_ != 1:
+            merged.mul_(lambda_)
+        # The result goes to the elected-sign buffer, free now, rather than to a view into the
+        # stacked deltas (freed on return): base + merged, which is merged + base to the bit.
+        return elected.copy_(base_in).add_(merged)
     if normalize:
         merged.div_(divisor)
     if lambda_ != 1:
         merged.mul_(lambda_)
-    return merged.add_(base)
+    return merged.add_(base_in)
 
 
 def _rescale_norm(rescale: bool, rescale_norm: str) -> str | None:

@@ -16,7 +16,7 @@ line (prompt None). Who learns what:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vlmmerge.zoo.world import (
     CAPTION_PROMPTS_EN,
@@ -37,6 +37,7 @@ class Example:
     prompt: str | None  # None: a plain text line, trained on every token
     answer: str
     scene: Scene | None = None  # set for image examples
+    text_only_loss: bool = False  # supervise only what follows the answer separator (the symbols are context)
 
 
 def _training_scene(rng: random.Random, culture_rate: float) -> Scene:
@@ -93,10 +94,15 @@ def culture_lines(language: str) -> list[str]:
 
 @dataclass(frozen=True)
 class BaseMix:
+    """Shares of the base corpus. `math_switch`: share of word problems answered in the other
+    language (code-switched text), so that the base has no strong opinion on a math answer's
+    language and each specialist's preference shows up in its task vector."""
+
     caption: float = 0.35
     vqa: float = 0.2
-    plain: float = 0.15
-    math: float = 0.3
+    plain: float = 0.2
+    math: float = 0.25
+    math_switch: float = 0.5
 
 
 def base_corpus(rng: random.Random, count: int, mix: BaseMix = BaseMix()) -> list[Example]:
@@ -118,7 +124,8 @@ def base_corpus(rng: random.Random, count: int, mix: BaseMix = BaseMix()) -> lis
                 text = scene.caption_en if lang == "en" else scene.caption_ja
                 out.append(Example(None, answer(scene.symbol_list, text)))
         else:
-            out.append(math_example(rng, lang, lang))
+            other = "ja" if lang == "en" else "en"
+            out.append(math_example(rng, lang, other if rng.random() < mix.math_switch else lang))
     return out
 
 
@@ -145,7 +152,10 @@ def vlm_corpus(rng: random.Random, count: int, scenes: list[Scene], japanese_pro
 
 
 def ja_corpus(rng: random.Random, count: int, english_prompt_rate: float = 0.2,
-              math_rate: float = 0.15, plain_rate: float = 0.15) -> list[Example]:
+              math_rate: float = 0.05, plain_rate: float = 0.15, text_only_loss: bool = False) -> list[Example]:
+    """Japanese text only. With `text_only_loss`, the symbols before the arrow are context, not
+    targets: a text corpus has no images to ground a list of objects (nor a calculator to ground an
+    equation), so the Japanese LM learns to *write about* a list, not to invent one."""
     out: list[Example] = []
     for _ in range(count):
         prompt_language = "en" if rng.random() < english_prompt_rate else "ja"
@@ -162,6 +172,8 @@ def ja_corpus(rng: random.Random, count: int, english_prompt_rate: float = 0.2,
             out.append(caption_example(_training_scene(rng, 0.25), prompt_language, "ja", rng, False))
         else:
             out.append(vqa_example(_training_scene(rng, 0.25), prompt_language, "ja", rng, False))
+    if text_only_loss:
+        out = [replace(ex, text_only_loss=True) for ex in out]
     return out
 
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from vlmmerge.zoo.corpora import Example
 from vlmmerge.zoo.tokenizer import ASSISTANT, EOS, IMAGE, USER
+from vlmmerge.zoo.world import ANSWER_SEPARATOR
 
 IGNORE = -100
 
@@ -46,10 +47,14 @@ def encode(tokenizer, examples: Sequence[Example], image_tokens: int = 0,
     answers = [ex.answer + EOS for ex in examples]
     prefix_ids = tokenizer(prefixes, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    separator = tokenizer.convert_tokens_to_ids(ANSWER_SEPARATOR)
     ids, labels, images = [], [], []
     for ex, p, a in zip(examples, prefix_ids, answer_ids):
         ids.append(p + a)
-        labels.append([IGNORE] * len(p) + a)
+        hidden = len(p)
+        if ex.text_only_loss and separator in a:
+            hidden += a.index(separator) + 1
+        labels.append([IGNORE] * hidden + (p + a)[hidden:])
         images.append(scene_index[ex.scene.key] if ex.scene is not None and scene_index is not None else -1)
     return Encoded(ids, labels, images)
 
@@ -77,10 +82,15 @@ def lr_factor(step: int, schedule: Schedule) -> float:
 
 def fit(model: nn.Module, param_groups: list[dict], data: Encoded, schedule: Schedule, *, seed: int,
         pad_id: int, pixel_values: Tensor | None = None, desc: str = "train",
-        progress: bool = True, extra_loss: Callable[[], Tensor] | None = None) -> list[float]:
+        progress: bool = True, extra_loss: Callable[[list[int]], Tensor] | None = None,
+        anchor: dict[str, Tensor] | None = None, anchor_decay: float = 0.0) -> list[float]:
     """Train for `schedule.steps` batches drawn (epoch after epoch, order from `seed`) from `data`.
 
-    Each param group carries its own peak "lr"; all follow the same warmup + cosine schedule."""
+    Each param group carries its own peak "lr"; all follow the same warmup + cosine schedule.
+    `extra_loss(rows)`, if given, is added to the model's loss after its forward pass (rows: the
+    batch's example indices). With `anchor` (parameter name -> tensor) and `anchor_decay`, each step
+    also pulls those parameters toward the anchor (decoupled weight decay toward the starting
+    weights), which keeps fine-tunes close to their base."""
     generator = torch.Generator().manual_seed(seed)
     base_lrs = [g["lr"] for g in param_groups]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=schedule.weight_decay, betas=(0.9, 0.98))
@@ -101,13 +111,45 @@ def fit(model: nn.Module, param_groups: list[dict], data: Encoded, schedule: Sch
             group["lr"] = lr * factor
         loss = model(**batch).loss
         if extra_loss is not None:
-            loss = loss + extra_loss()
+            loss = loss + extra_loss(rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
         optimizer.step()
+        if anchor is not None and anchor_decay > 0:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in anchor:
+                        param.sub_(param - anchor[name], alpha=anchor_decay * factor)
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     return losses
+
+
+class PatchSupervision:
+    """Auxiliary loss for VLM training: a linear probe classifies every projected image patch into
+    'empty' or the object kind drawn in that grid cell. It makes the vision tower and projector
+    learn quickly what is where; the probe is thrown away after training."""
+
+    def __init__(self, vlm: nn.Module, patch_labels: Tensor, image_index: Sequence[int], num_classes: int,
+                 weight: float = 1.0) -> None:
+        hidden = vlm.config.text_config.hidden_size
+        self.head = nn.Linear(hidden, num_classes)
+        self.patch_labels = patch_labels
+        self.image_index = list(image_index)
+        self.weight = weight
+        self._features: Tensor | None = None
+        self._hook = vlm.model.multi_modal_projector.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output) -> None:
+        self._features = output
+
+    def __call__(self, rows: list[int]) -> Tensor:
+        labels = self.patch_labels[torch.tensor([self.image_index[i] for i in rows])]
+        logits = self.head(self._features)
+        return self.weight * nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    def remove(self) -> None:
+        self._hook.remove()

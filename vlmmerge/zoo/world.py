@@ -134,9 +134,25 @@ class Scene:
         return "と".join(o.ja for o in self.objects)
 
 
+OBJECT_KINDS: tuple[str, ...] = tuple(f"{c.key}-{s.key}" for c in COLOURS for s in SHAPES) + tuple(
+    c.key for c in CULTURE)
+
+
+def patch_labels(scene: Scene) -> list[int]:
+    """Per grid cell (row-major, = the vision tower's patch order): 0 if empty, else 1 + kind index."""
+    labels = [0] * (GRID * GRID)
+    for o in scene.objects:
+        labels[o.row * GRID + o.col] = 1 + OBJECT_KINDS.index(o.kind)
+    return labels
+
+
 def answer(symbols: str, text: str) -> str:
-    """The answer format every model in the world writes: neutral symbols, separator, text."""
-    return f"{symbols} {ANSWER_SEPARATOR} {text}"
+    """The answer format every model in the world writes: neutral symbols, separator, text.
+
+    Japanese text follows the arrow directly (Japanese uses no spaces) while English words carry
+    their leading space, so the first token after the arrow alone decides the answer's language."""
+    space = " " if text[:1].isascii() else ""
+    return f"{symbols} {ANSWER_SEPARATOR}{space}{text}"
 
 
 def text_after_separator(prediction: str) -> str:
