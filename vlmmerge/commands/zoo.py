@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="uniform coefficient values tried for each of the two task vectors")
     check.add_argument("--out", type=Path, default=None, help="write check.json and check.md here")
     check.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    check.add_argument("--write-doc", type=Path, default=None, metavar="MD",
+                       help="replace the block between <!-- zoo-check:start/end --> in MD (docs/miniature-world.md) "
+                       "with the tables")
     check.set_defaults(func=run_check)
 
 
@@ -101,12 +104,29 @@ def run_check(args: argparse.Namespace) -> int:
     print(report.table())
     print()
     print(report.coefficients_table())
+    print(report.clip_table())
     print(f"({report.seconds:.0f}s)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "check.json").write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False),
                                              encoding="utf-8")
-        (args.out / "check.md").write_text(report.table() + "\n\n" + report.coefficients_table() + "\n",
+        (args.out / "check.md").write_text(report.table() + "\n\n" + report.coefficients_table() + "\n" + report.clip_table() + "\n",
                                            encoding="utf-8")
         print(f"written: {args.out / 'check.json'}, {args.out / 'check.md'}")
+    if args.write_doc is not None:
+        write_doc_block(args.write_doc, report.table() + "\n\n" + report.coefficients_table() + "\n" + report.clip_table())
+        print(f"updated: {args.write_doc}")
     return 0
+
+
+def write_doc_block(doc: Path, text: str, name: str = "zoo-check") -> None:
+    """Replace what lies between `<!-- NAME:start -->` and `<!-- NAME:end -->` in `doc`."""
+    from vlmmerge.zoo import ZooError
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    current = doc.read_text(encoding="utf-8")
+    if start not in current or end not in current:
+        raise ZooError(f"{doc}: markers {start} ... {end} not found")
+    head, rest = current.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}", encoding="utf-8")

@@ -24,9 +24,10 @@ from vlmmerge.zoo import corpora
 from vlmmerge.zoo.images import render_batch
 from vlmmerge.zoo.models import ARCHITECTURES, IMAGE_TOKENS, Architecture, llava_config, lm_config
 from vlmmerge.zoo.tokenizer import IMAGE, to_transformers, train_tokenizer
-from vlmmerge.zoo.training import Schedule, encode, fit
+from vlmmerge.zoo.training import PatchSupervision, Schedule, encode, fit
+from vlmmerge.zoo.world import OBJECT_KINDS, patch_labels
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2  # bump when the built models change; the cache folder name carries it
 SIZES = ("demo", "micro")
 MANIFEST = "zoo.json"
 
@@ -87,6 +88,10 @@ class Recipe:
     vlm_lm_lr: float = 3e-4
     vlm_vision_lr: float = 2e-3
     vlm_japanese_prompt_rate: float = 0.2
+    # weight of the per-patch object classifier loss (training.PatchSupervision); 0 turns it off.
+    # Without it the vision tower does not learn the scenes in this budget (en caption exact match
+    # 1% after 1200 steps); with it 94%.
+    vlm_patch_supervision: float = 1.0
     scene_pool: int = 6000
     ja_steps: int = 400
     ja_lr: float = 3e-4
@@ -223,9 +228,18 @@ def build_zoo(size: str = "demo", seed: int = 0, out: str | os.PathLike | None =
             data = encode(tokenizer, examples, IMAGE_TOKENS, scene_index)
             vision = list(vlm.model.vision_tower.parameters()) + list(vlm.model.multi_modal_projector.parameters())
             language = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
-            fit(vlm, [{"params": vision, "lr": recipe.vlm_vision_lr}, {"params": language, "lr": recipe.vlm_lm_lr}],
-                data, Schedule(recipe.vlm_steps, bs, recipe.vlm_lm_lr), seed=seed + 6,
-                pad_id=tokenizer.pad_token_id, pixel_values=pixels, desc="VLM", progress=progress)
+            groups = [{"params": vision, "lr": recipe.vlm_vision_lr}, {"params": language, "lr": recipe.vlm_lm_lr}]
+            supervision = None
+            if recipe.vlm_patch_supervision > 0:
+                labels = torch.tensor([patch_labels(s) for s in scenes])
+                supervision = PatchSupervision(vlm, labels, data.image_index, 1 + len(OBJECT_KINDS),
+                                               weight=recipe.vlm_patch_supervision)
+                groups.append({"params": list(supervision.head.parameters()), "lr": recipe.vlm_vision_lr})
+            fit(vlm, groups, data, Schedule(recipe.vlm_steps, bs, recipe.vlm_lm_lr), seed=seed + 6,
+                pad_id=tokenizer.pad_token_id, pixel_values=pixels, desc="VLM", progress=progress,
+                extra_loss=supervision)
+            if supervision is not None:
+                supervision.remove()  # the probe is not part of the model
             _save_lm(vlm, tokenizer, paths.vlm)
             processor.save_pretrained(str(paths.vlm))
 

@@ -220,7 +220,7 @@ def constant_baseline(fitness, test) -> tuple[dict[str, str], list]:
 
 
 # The score each case optimises and reports first: content in the right language.
-OBJECTIVES = {"ja_caption": "rougeL", "ja_vqa": "exact_match", "en_caption": "exact_match",
+OBJECTIVES = {"ja_caption": "exact_match", "ja_vqa": "exact_match", "en_caption": "exact_match",
               "ja_math": "accuracy_in_language", "en_math": "accuracy_in_language"}
 
 
@@ -292,6 +292,32 @@ def search_merge(world: LoadedWorld, case: str, models: Sequence[str], task: str
                         grid_best=list(grid_best), grid_fitness=grid_fit, journal=journal)
 
 
+# ----------------------------------------------------------------------------- CLIP
+def clip_check(paths: ZooPaths, eval_sets: Path | None, split: str = "test") -> dict[str, dict[str, float]]:
+    """Does the world's CLIP tell a scene's caption from another scene's? Per caption set: mean CLIP
+    score of the reference and of a mismatched reference (the next item's), and how often the
+    reference wins the pair."""
+    from vlmmerge.evaluation import load_task
+    from vlmmerge.evaluation.clip import get_clip_scorer
+
+    scorer = get_clip_scorer(str(paths.clip))
+    out = {}
+    for name in ("en_caption", "ja_caption"):
+        task = load_task(str(eval_sets / name)) if eval_sets is not None else load_task(name)
+        items = task.items(split)
+        images = [task.load_image(item) for item in items]
+        keys = [item.id for item in items]
+        cache: dict = {}
+        matched = scorer.scores(images, [item.reference for item in items], keys, cache)
+        mismatched = scorer.scores(images, [items[(i + 1) % len(items)].reference for i in range(len(items))], keys, cache)
+        out[name] = {
+            "matched": round(sum(matched) / len(matched), 2),
+            "mismatched": round(sum(mismatched) / len(mismatched), 2),
+            "matched_wins": round(100.0 * sum(m > n for m, n in zip(matched, mismatched)) / len(items), 1),
+        }
+    return out
+
+
 # ----------------------------------------------------------------------------- the check
 @dataclass
 class CheckReport:
@@ -301,6 +327,14 @@ class CheckReport:
     constants: dict[str, str]
     seconds: float
     zoo: dict[str, str]
+    clip: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def clip_table(self) -> str:
+        lines = ["| CLIP (test split) | reference caption | another scene's caption | reference wins (%) |",
+                 "|---|---|---|---|"]
+        for name, c in self.clip.items():
+            lines.append(f"| {name} | {c['matched']:.1f} | {c['mismatched']:.1f} | {c['matched_wins']:.1f} |")
+        return "\n".join(lines)
 
     def table(self) -> str:
         header = "| model | kind | " + " | ".join(f"{t} ({OBJECTIVES.get(t, 'primary')})" for t in self.tasks) + " |"
@@ -332,6 +366,7 @@ class CheckReport:
                       "all_metrics": r.extra} for r in self.rows],
             "searches": [s.__dict__ for s in self.searches],
             "constants": self.constants,
+            "clip": self.clip,
             "seconds": self.seconds,
             "zoo": self.zoo,
         }
@@ -393,5 +428,7 @@ def run_check(paths: ZooPaths, *, eval_sets: Path | None = None, split: str = "t
         evaluate(f"{case}: searched merge", "searched",
                  task_arithmetic_state(base, finetuned, found.best_coefficients, world.num_layers),
                  note=json.dumps(found.best_coefficients))
+    clip = clip_check(paths, eval_sets, split)
+    log("CLIP: " + json.dumps(clip))
     return CheckReport(tasks=tasks, rows=rows, searches=searches, constants=constants,
-                       seconds=round(time.perf_counter() - started, 1), zoo=paths.as_dict())
+                       seconds=round(time.perf_counter() - started, 1), zoo=paths.as_dict(), clip=clip)
