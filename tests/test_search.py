@@ -166,7 +166,8 @@ def test_journal_of_another_recipe_is_refused(world, tmp_path):
 
 def test_evolve_end_to_end_with_resume(world, tmp_path):
     recipe_path = tmp_path / "evolve.yaml"
-    recipe = _recipe(world, compare_random=True, test={"tasks": [{"task": str(world["set"])}], "limit": 4})
+    # the test task names a metric other than the task's primary one: the comparison must use it
+    recipe = _recipe(world, compare_random=True, test={"tasks": [{"task": str(world["set"]), "metric": "concepts"}], "limit": 4})
     recipe_path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
     assert cli_main(["evolve", str(recipe_path), "--out", str(out), "--quiet"]) == 0
@@ -178,6 +179,10 @@ def test_evolve_end_to_end_with_resume(world, tmp_path):
     table = (out / "test" / "comparison.md").read_text()
     for row in ("evolved", "TIES (untuned)", "DARE-TIES (untuned)", "source: vlm", "source: ft_a"):
         assert row in table
+    assert "Evolved against every other model" in table
+    scores = summary["test"]["scores"]["toy_caption"]
+    assert {entry["metric"] for entry in scores.values()} == {"concepts"}
+    assert set(summary["test"]["evolved_vs"]["toy_caption"]) == set(scores) - {"evolved"}
     # The static best recipe reproduces the saved best model bit for bit.
     run_merge(out / "best-recipe.yaml", tmp_path / "again", progress=False)
     saved, again = load_tensors(out / "best-model"), load_tensors(tmp_path / "again")
