@@ -21,7 +21,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-START, END = "<!-- candidate-speed:start -->", "<!-- candidate-speed:end -->"
+BLOCK = "candidate-speed"  # <!-- candidate-speed:start --> ... :end --> in docs/benchmarks.md
 
 
 def build_world(root: Path, hidden: int, layers: int) -> dict[str, Path]:
@@ -104,7 +104,6 @@ def main() -> None:
         ("floor: one `torch.add(base, delta)` pass", med["floor"]),
     ]
     lines = [
-        START,
         "## Evolve candidates: in-place materialisation",
         "",
         f"{date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -119,16 +118,14 @@ def main() -> None:
         "",
         "The in-place path runs the same DARE-TIES merge as `vlmmerge merge` (sparsify, sign election) on",
         "cached inputs; the floor only adds a precomputed delta, so the gap to it is the merge method's math.",
-        END,
     ]
     section = "\n".join(lines)
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    text = args.doc.read_text() if args.doc.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.doc.write_text(text)
+    from vlmmerge.docblocks import replace_marked_block
+
+    if not args.doc.exists():
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text("# Benchmarks\n", encoding="utf-8")
+    replace_marked_block(args.doc, BLOCK, section, append_if_missing=True)
     print(section)
 
 

@@ -24,7 +24,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- generation-speed:start -->", "<!-- generation-speed:end -->"
+BLOCK = "generation-speed"  # <!-- generation-speed:start --> ... :end --> in docs/benchmarks.md
 
 
 def time_evaluation(task: str, model, processor, items: int, batch_size: int, repeats: int) -> tuple[float, list[str]]:
@@ -67,7 +67,6 @@ def main() -> None:
         rows.append((task, one / args.items, batched / args.items, one / batched, same))
         print(f"{task}: one by one {one:.2f} s, batched {batched:.2f} s ({one / batched:.1f}x), same predictions: {same}")
     lines = [
-        START,
         "## Evaluation: batched vs one-by-one generation",
         "",
         f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -82,17 +81,12 @@ def main() -> None:
     names = {"en_caption": "en_caption (VLM, image + text)", "en_math": "en_math (math LM, text)"}
     for task, one, batched, speedup, same in rows:
         lines.append(f"| {names[task]} | {one:.4f} | {batched:.4f} | {speedup:.1f}x | {'yes' if same else 'no'} |")
-    lines.append(END)
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        current = DOC.read_text(encoding="utf-8")
-        if START in current:
-            head, rest = current.split(START, 1)
-            _, tail = rest.split(END, 1)
-            DOC.write_text(head + text + tail, encoding="utf-8")
-        else:
-            DOC.write_text(current.rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
+        from vlmmerge.docblocks import replace_marked_block
+
+        replace_marked_block(DOC, BLOCK, text, append_if_missing=True)
 
 
 if __name__ == "__main__":

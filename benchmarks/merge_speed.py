@@ -32,11 +32,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from vlmmerge.docblocks import markers, replace_marked_block
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("VLMMERGE_BENCH_CACHE", Path.home() / ".cache" / "vlmmerge" / "bench"))
 DOC = REPO / "docs" / "benchmarks.md"
-RESULTS_START = "<!-- merge-speed:results:start -->"
-RESULTS_END = "<!-- merge-speed:results:end -->"
+RESULTS_BLOCK = "merge-speed:results"
+RESULTS_START, RESULTS_END = markers(RESULTS_BLOCK)
 CHECKPOINT_VERSION = 1  # bump when the generated weights change
 
 # Mistral-shaped configs. "1b": 22 layers, hidden 2048, GQA 32/8 heads, MLP 5632, vocab 32000
@@ -534,13 +536,8 @@ def markdown(bench: Benchmark) -> str:
 
 
 def write_doc(text: str, doc: Path = DOC) -> None:
-    """Replace the results block of docs/benchmarks.md (between the merge-speed markers)."""
-    current = doc.read_text(encoding="utf-8")
-    if RESULTS_START not in current or RESULTS_END not in current:
-        raise SystemExit(f"{doc}: results markers {RESULTS_START} ... {RESULTS_END} not found")
-    head, rest = current.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    doc.write_text(f"{head}{RESULTS_START}\n{text}{RESULTS_END}{tail}", encoding="utf-8")
+    """Replace the results block of docs/benchmarks.md (between the merge-speed results markers)."""
+    replace_marked_block(doc, RESULTS_BLOCK, text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from vlmmerge.checkpoint.positioned_io import pread, pread_into
 from vlmmerge.errors import CheckpointError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -225,14 +226,14 @@ class SafetensorsFile:
         self._fd = fd
         self._finalizer = weakref.finalize(self, os.close, fd)
         size = os.fstat(fd).st_size
-        prefix = _pread(fd, 8, 0)
+        prefix = pread(fd, 8, 0)
         if len(prefix) < 8:
             raise CheckpointError(f"{self.path}: not a readable safetensors file (shorter than 8 bytes)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(f"{self.path}: not a readable safetensors file (header length {header_len})")
         try:
-            header = json.loads(_pread(fd, header_len, 8))
+            header = json.loads(pread(fd, header_len, 8))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{self.path}: not a readable safetensors file (header: {exc})") from exc
         if not isinstance(header, dict):
@@ -278,7 +279,7 @@ class SafetensorsFile:
             view = memoryview(buffer.numpy())
             done = 0
             while done < nbytes:
-                count = _pread_into(self._fd, view[done : done + _READ_CHUNK], entry.start + done)
+                count = pread_into(self._fd, view[done : done + _READ_CHUNK], entry.start + done)
                 if count <= 0:
                     raise CheckpointError(f"{self.path}: unexpected end of file reading {entry.key!r}")
                 done += count
@@ -294,25 +295,6 @@ class SafetensorsFile:
 
     def close(self) -> None:
         self._finalizer()
-
-
-_SEEK_LOCK = threading.Lock()
-
-
-def _pread(fd: int, count: int, offset: int) -> bytes:
-    if hasattr(os, "pread"):
-        return os.pread(fd, count, offset)
-    with _SEEK_LOCK:  # no positioned reads on this platform (Windows): seek and read under a lock
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, count)
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
-    data = _pread(fd, len(view), offset)
-    view[: len(data)] = data
-    return len(data)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

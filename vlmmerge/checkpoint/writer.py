@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from vlmmerge.checkpoint.positioned_io import pwrite
 from vlmmerge.errors import VlmMergeError
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -332,26 +333,15 @@ class StreamingSafetensorsWriter:
                 shard.fd = None
 
 
-_SEEK_LOCK = threading.Lock()
-
-
 def _dtype_ok(got: torch.dtype, planned: torch.dtype, convert: bool) -> bool:
     return got == planned or (convert and got.is_floating_point and planned.is_floating_point)
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
-        return os.pwrite(fd, data, offset)
-    with _SEEK_LOCK:  # no positioned writes on this platform (Windows): seek and write under a lock
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.write(fd, data)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
     done, total = 0, len(data)
     while done < total:
         try:
-            count = _pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
+            count = pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
         except OSError as exc:
             raise VlmMergeError(f"{path}: write failed ({exc})") from exc
         if count <= 0:

@@ -114,19 +114,10 @@ def run_check(args: argparse.Namespace) -> int:
                                            encoding="utf-8")
         print(f"written: {args.out / 'check.json'}, {args.out / 'check.md'}")
     if args.write_doc is not None:
-        write_doc_block(args.write_doc, report.table() + "\n\n" + report.coefficients_table() + "\n" + report.clip_table())
+        from vlmmerge.docblocks import replace_marked_block
+
+        replace_marked_block(args.write_doc, "zoo-check",
+                             report.table() + "\n\n" + report.coefficients_table() + "\n" + report.clip_table())
         print(f"updated: {args.write_doc}")
     return 0
 
-
-def write_doc_block(doc: Path, text: str, name: str = "zoo-check") -> None:
-    """Replace what lies between `<!-- NAME:start -->` and `<!-- NAME:end -->` in `doc`."""
-    from vlmmerge.zoo import ZooError
-
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    current = doc.read_text(encoding="utf-8")
-    if start not in current or end not in current:
-        raise ZooError(f"{doc}: markers {start} ... {end} not found")
-    head, rest = current.split(start, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}", encoding="utf-8")

@@ -82,15 +82,12 @@ def lr_factor(step: int, schedule: Schedule) -> float:
 
 def fit(model: nn.Module, param_groups: list[dict], data: Encoded, schedule: Schedule, *, seed: int,
         pad_id: int, pixel_values: Tensor | None = None, desc: str = "train",
-        progress: bool = True, extra_loss: Callable[[list[int]], Tensor] | None = None,
-        anchor: dict[str, Tensor] | None = None, anchor_decay: float = 0.0) -> list[float]:
+        progress: bool = True, extra_loss: Callable[[list[int]], Tensor] | None = None) -> list[float]:
     """Train for `schedule.steps` batches drawn (epoch after epoch, order from `seed`) from `data`.
 
     Each param group carries its own peak "lr"; all follow the same warmup + cosine schedule.
     `extra_loss(rows)`, if given, is added to the model's loss after its forward pass (rows: the
-    batch's example indices). With `anchor` (parameter name -> tensor) and `anchor_decay`, each step
-    also pulls those parameters toward the anchor (decoupled weight decay toward the starting
-    weights), which keeps fine-tunes close to their base."""
+    batch's example indices)."""
     generator = torch.Generator().manual_seed(seed)
     base_lrs = [g["lr"] for g in param_groups]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=schedule.weight_decay, betas=(0.9, 0.98))
@@ -116,11 +113,6 @@ def fit(model: nn.Module, param_groups: list[dict], data: Encoded, schedule: Sch
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
         optimizer.step()
-        if anchor is not None and anchor_decay > 0:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in anchor:
-                        param.sub_(param - anchor[name], alpha=anchor_decay * factor)
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
