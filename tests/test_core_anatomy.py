@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from vlmmerge.anatomy import Anatomy, compare
+from vlmmerge.anatomy import Anatomy, compare, kept_host_rows
 from vlmmerge.checkpoint import Checkpoint
 from vlmmerge.errors import IncompatibleModelsError
 from vlmmerge.testing.tiny import (
     LM_FAMILIES,
     VLM_FAMILIES,
+    added_token_id,
     build_tiny_lm_for,
     build_tiny_model,
     save_model,
@@ -148,3 +149,28 @@ def test_tokenizer_disagreement_on_shared_rows_is_reported(saved, tmp_path):
     assert report.vocabulary.tokenizers_compared
     assert [d[0] for d in report.vocabulary.differing_tokens] == [100]
     assert "vocabularies differ" in " ".join(report.problems())
+
+
+def test_host_only_tokens_are_listed_and_kept(saved, tmp_path):
+    _, vlm = saved("mistral3")
+    lm = Anatomy(Checkpoint(save_model(build_tiny_lm_for("mistral3"), tmp_path / "lm")))
+    report = compare(vlm, lm)
+    assert report.ok, report.problems()
+    tokens = ("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]")
+    assert report.vocabulary.host_only_tokens == [(added_token_id("mistral3", t), t) for t in tokens]
+    assert set(vlm.special_token_ids.values()) == {added_token_id("mistral3", "[IMG]")}  # no [IMG_BREAK]
+    ids = [i for i, _ in report.vocabulary.host_only_tokens]
+    assert kept_host_rows(vlm, [report], vlm.vocab_rows) == tuple(ids)
+    assert kept_host_rows(vlm, [report], ids[2]) == tuple(ids[:2])  # only rows below the shared count
+    assert kept_host_rows(vlm, [], vlm.vocab_rows) == (ids[0],)  # the config's image token alone
+    assert any("[IMG_BREAK]" in note for note in report.notes())
+
+
+def test_tensors_only_the_host_has_make_it_incompatible(saved, tmp_path):
+    _, vlm = saved("llava")
+    lm = build_tiny_lm_for("llava")
+    lm.config.num_hidden_layers = 1
+    report = compare(vlm, Anatomy(Checkpoint(save_model(type(lm)(lm.config), tmp_path / "shallow"))))
+    assert report.only_here and all(name.startswith("model.layers.1.") for name in report.only_here)
+    assert not report.ok
+    assert "model.layers.1." in " ".join(report.problems())

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from core_helpers import disk_keys
 from vlmmerge.anatomy import Anatomy
-from vlmmerge.checkpoint import Checkpoint, ShardedSafetensorsWriter, atomic_output_dir, parse_size
+from vlmmerge.checkpoint import Checkpoint, ShardedSafetensorsWriter, atomic_output_dir, output, parse_size
 from vlmmerge.errors import CheckpointError, UnsupportedArchitectureError, VlmMergeError
 from vlmmerge.testing.tiny import FAMILIES, build_tiny_model, save_model
 
@@ -131,3 +134,89 @@ def test_parse_size():
     assert parse_size(123) == 123
     with pytest.raises(VlmMergeError, match="cannot read size"):
         parse_size("lots")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_dir_has_the_mode_of_a_new_folder_and_is_synced(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(output.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.bin").write_bytes(b"x")
+        (tmp / "b.json").write_text("{}")
+    out = tmp_path / "out"
+    assert os.stat(out).st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    names = {Path(p).name for p in synced}
+    assert {"a.bin", "b.json", "sub", tmp.name, tmp_path.name} <= names  # files, folders, and the parent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_overwrite_replaces_and_removes_the_old_folder(tmp_path, monkeypatch, swap):
+    if not swap:
+        monkeypatch.setattr(output, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_exchange_is_atomic_on_this_file_system(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "in-a").touch()
+    assert output._exchange(tmp_path / "a", tmp_path / "b")  # Linux renameat2 on ext4 / tmpfs
+    assert (tmp_path / "b" / "in-a").exists() and not (tmp_path / "a" / "in-a").exists()
+
+
+def test_failure_removes_staging_and_created_parents(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(tmp_path / "x" / "y" / "out") as tmp:
+            (tmp / "partial").write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_siblings_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path):
+    out = tmp_path / "out"
+    dead = _dead_pid()
+    (tmp_path / f".out.tmp-{dead}-00aa").mkdir()
+    (tmp_path / f".out.old-{dead}-00bb").mkdir()
+    (tmp_path / f".out.old-{dead}-00bb" / "kept.txt").write_text("old")
+    live = tmp_path / f".out.tmp-{os.getppid()}-00cc"
+    live.mkdir()
+    (tmp_path / f".other.tmp-{dead}-00dd").mkdir()
+    output.recover_siblings(out)
+    # the old folder whose replacement never arrived is put back; the dead staging folder goes
+    assert (out / "kept.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".other.tmp-%d-00dd" % dead, live.name, "out"])
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_safetensors_dtype_codes_are_what_safetensors_writes(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlmmerge.checkpoint.dtypes import DTYPES, SAFETENSORS_DTYPE_NAMES, SAFETENSORS_DTYPES, dtype_named
+
+    tensors = {str(dtype): torch.zeros(2, dtype=dtype) for dtype in SAFETENSORS_DTYPE_NAMES}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    for dtype, code in SAFETENSORS_DTYPE_NAMES.items():
+        assert header[str(dtype)]["dtype"] == code and SAFETENSORS_DTYPES[code] is dtype
+    assert dtype_named("BF16") is torch.bfloat16 and dtype_named("half") is torch.float16
+    assert dtype_named("int4") is None and set(DTYPES.values()) == {torch.float32, torch.float16, torch.bfloat16}

@@ -174,8 +174,8 @@ def test_vlm_plus_llm_merges_language_only(tmp_path_factory, tmp_path):
     rows = [r for r in range(shared) if r != image_token]
     torch.testing.assert_close(merged[emb][rows], want[rows], rtol=0, atol=1e-6)
     assert torch.equal(merged[emb][shared:], vlm_tensors[emb][shared:])  # extra rows from the host
-    if image_token < shared:
-        assert torch.equal(merged[emb][image_token], vlm_tensors[emb][image_token])
+    assert image_token < shared  # a shared row, kept from the host rather than merged
+    assert torch.equal(merged[emb][image_token], vlm_tensors[emb][image_token])
     layer = "model.language_model.layers.1.mlp.gate_proj.weight"
     lm_layer = "model.layers.1.mlp.gate_proj.weight"
     want_layer = vlm_tensors[layer] + 0.5 * (lm[lm_layer] - base[lm_layer])
@@ -251,6 +251,7 @@ def test_inspect_cli_json(world, capsys):
     assert report["is_vlm"] and report["family"] == "llava"
     assert report["parameters"]["vision"] > 0 and report["parameters"]["projector"] > 0
     assert report["against"][0]["ok"] is True
+    assert any("'<image>'" in note for note in report["against"][0]["notes"])  # kept from the VLM
     assert report["language_mapping"]["runtime_prefix"] == "model.language_model."
 
 

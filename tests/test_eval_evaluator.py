@@ -14,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vlmmerge.cli import main as cli_main  # noqa: E402
 from vlmmerge.errors import CheckpointError, VlmMergeError  # noqa: E402
-from vlmmerge.evaluation import EvalResult, Evaluator, load_model_for_eval, load_task, write_comparison_report  # noqa: E402
+from vlmmerge.evaluation import (  # noqa: E402
+    EvalResult, Evaluator, load_model_for_eval, load_task, save_result, write_comparison_report,
+)
 from vlmmerge.evaluation.evaluator import cut_at_stop  # noqa: E402
 from vlmmerge.evaluation.prompts import build_prompt  # noqa: E402
 from vlmmerge.evaluation.toy import write_toy_caption_set, write_toy_math_set  # noqa: E402
@@ -202,7 +204,7 @@ def test_save_load_and_comparison_report(sets, vlm, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("mine", encoding="utf-8")
-    result.save(out)
+    save_result(result, out)
     assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".existing.tmp")]
     loaded = EvalResult.load(out)
@@ -299,5 +301,5 @@ def test_failed_save_leaves_nothing_behind(sets, monkeypatch, tmp_path):
 
     monkeypatch.setattr("vlmmerge.evaluation.report.render_html", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        result.save(tmp_path / "out")
+        save_result(result, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from vlmmerge.errors import VlmMergeError  # noqa: E402
 from vlmmerge.evaluation import (  # noqa: E402
     FastTextLanguageDetector, bootstrap_ci, extract_final_number, is_japanese, japanese_share, load_metric,
-    paired_bootstrap_diff,
+    paired_bootstrap_diff, parse_number,
 )
 from vlmmerge.evaluation.numbers import find_numbers  # noqa: E402
 from vlmmerge.evaluation.scoring import mecab_tokenizer, normalize_answer  # noqa: E402
@@ -128,6 +128,11 @@ TRICKY_ANSWERS = [
     ("１２３４５６７", Fraction(1234567)),
     ("12,345,678人", Fraction(12345678)),
     ("今の気温は-5度です", Fraction(-5)),
+    ("-5", Fraction(-5)),  # a sign at the very start of the text
+    ("−5", Fraction(-5)),
+    ("－3.5", Fraction(-7, 2)),
+    ("-1,000円", Fraction(-1000)),
+    ("-3/4", Fraction(-3, 4)),
     ("今の気温は−5度です", Fraction(-5)),
     ("マイナス3度", Fraction(-3)),
     ("10-3=7", Fraction(7)),
@@ -174,6 +179,27 @@ def test_math_answer_accuracy_and_language():
     assert out["extracted"] == ["1000", "1000", "999", "0.5"]
     en = load_metric("math_answer").compute(predictions=["The answer is 1000."], references=["1000"], language="en")
     assert en["accuracy_in_language"] == 100.0
+
+
+def test_parse_number_keeps_a_leading_minus():
+    assert [parse_number(r) for r in ("-5", "−5", "-0.25", -5, -2.5, Fraction(-1, 3))] == [
+        -5, -5, Fraction(-1, 4), -5, Fraction(-5, 2), Fraction(-1, 3)]
+
+
+def test_math_answer_accepts_numeric_references():
+    # MGSM's answer_number is an int; floats and Fractions are numbers too. Large ints stay exact.
+    big = 10**16 + 1
+    preds = ["答えは-5です", "答えは5です", "2.5です", "答えは18です", f"答えは{big}です", "1/3です"]
+    refs = [-5, -5, 2.5, "18", big, Fraction(1, 3)]
+    out = load_metric("math_answer").compute(predictions=preds, references=refs, per_item=True)
+    assert out["accuracy_per_item"] == [100.0, 0.0, 100.0, 100.0, 100.0, 100.0]
+    assert out["extracted"][:2] == ["-5", "5"]
+    floats = load_metric("math_answer").compute(predictions=["答えは18です", "答えは0.1です"], references=[18.0, 0.1])
+    assert floats["accuracy"] == 100.0
+    metric = load_metric("math_answer")
+    metric.add(prediction="答えは-7です", reference=-7)
+    metric.add_batch(predictions=["答えは7です"], references=[7])
+    assert metric.compute()["accuracy"] == 100.0
 
 
 def test_math_reference_without_number_is_an_error():
@@ -294,3 +320,24 @@ def test_paired_bootstrap_detects_a_consistent_difference():
 def test_unknown_metric_names_the_choices():
     with pytest.raises(VlmMergeError, match="rouge_ja"):
         load_metric("bleu")
+
+
+@pytest.mark.parametrize("name", ["rouge", "rouge_ja", "exact_match"])
+def test_every_module_summarises_its_items_the_same_way(name):
+    # mean over the items, the bootstrap interval of those items, the items as given
+    preds, refs = ["red circle", "a blue square", "green"], ["red circle", "blue square", "yellow"]
+    out = load_metric(name).compute(predictions=preds, references=refs, per_item=True, ci=True)
+    key = "rougeL" if name.startswith("rouge") else "exact_match"
+    assert sorted(out) == sorted([key, f"{key}_ci", f"{key}_per_item"])
+    items = out[f"{key}_per_item"]
+    assert len(items) == 3 and out[key] == pytest.approx(sum(items) / 3)
+    assert out[f"{key}_ci"] == bootstrap_ci(items)
+
+
+def test_summarize_leaves_out_items_that_do_not_apply():
+    from vlmmerge.evaluation.stats import mean, summarize
+
+    assert summarize("s", [10.0, None, 40.0]) == {"s": 25.0}
+    assert math.isnan(mean([None, None])) and mean([]) != mean([])
+    with_all = summarize("s", [10.0, None, 40.0], per_item=True, ci=True)
+    assert with_all["s_per_item"] == [10.0, None, 40.0] and with_all["s_ci"] == bootstrap_ci([10.0, 40.0])

@@ -74,7 +74,7 @@ def test_errors_name_the_file_and_line(tmp_path):
     root = write_toy_caption_set(tmp_path / "s")
     with (root / "test.jsonl").open("a", encoding="utf-8") as fh:
         fh.write('{"id": "x", "image": "images/00.png"}\n')  # no reference
-    with pytest.raises(EvalSetError, match=r"test\.jsonl:5: field 'reference'"):
+    with pytest.raises(EvalSetError, match=r"test\.jsonl:5: item\.reference: Field required"):
         load_task(root)
     (root / "test.jsonl").write_text("{not json\n", encoding="utf-8")
     with pytest.raises(EvalSetError, match=r"test\.jsonl:1: invalid JSON"):
@@ -149,7 +149,7 @@ def test_builtin_names_resolve_under_eval_sets(tmp_path, monkeypatch):
 
 def test_repository_eval_sets_folder_is_the_default(monkeypatch):
     import vlmmerge
-    from vlmmerge.evaluation.tasks import eval_sets_dir
+    from vlmmerge.evaluation.catalogue import eval_sets_dir
 
     monkeypatch.delenv("VLMMERGE_EVAL_SETS", raising=False)
     assert eval_sets_dir() == __import__("pathlib").Path(vlmmerge.__file__).resolve().parents[1] / "eval_sets"

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from core_helpers import load_tensors, make_world
 from vlmmerge.cli import main as cli_main
 from vlmmerge.engine import run_merge
 from vlmmerge.errors import RecipeError, VlmMergeError
+from vlmmerge.evaluation import EvalResult, paired_bootstrap_diff
 from vlmmerge.evaluation.toy import write_toy_caption_set
 from vlmmerge.live import LiveMerge
 from vlmmerge.recipe import load_recipe
 from vlmmerge.search import EvolveConfig, Journal, SearchSpace, dry_run, layer_groups, run_cma, run_evolution
 from vlmmerge.search.evolve import split_evolve
+from vlmmerge.search.report import slug
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,17 +119,21 @@ def test_resume_repeats_nothing_and_matches_uninterrupted(world, tmp_path):
     space = SearchSpace(template, config, 2)
     calls = []
 
-    def fitness(genome):  # a smooth deterministic stand-in for an evaluation
+    def fitness(genome):  # deterministic in the genome; draws from np.random as an evaluation may
         calls.append(genome.copy())
+        np.random.standard_normal(3)
         return float(-np.sum((genome - 0.3) ** 2)), {"toy": 1.0}
 
+    np.random.seed(0)
     full = run_cma(space, fitness, Journal(tmp_path / "full.jsonl"), progress=False)
     assert len(calls) == 9
 
-    # Interrupted after 4 evaluations (mid-generation), with a torn last line, then resumed.
+    # Interrupted after 4 evaluations (mid-generation), with a torn last line, then resumed in a
+    # process whose global generator is elsewhere (fewer evaluations have drawn from it).
     lines = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "part.jsonl").write_text("".join(lines[:4]) + lines[4][:20])
     calls.clear()
+    np.random.seed(1)
     resumed = run_cma(space, fitness, Journal(tmp_path / "part.jsonl"), progress=False)
     assert len(calls) == 5  # only the evaluations that were missing
     assert [e.genome for e in resumed] == [e.genome for e in full]
@@ -159,7 +166,7 @@ def test_journal_of_another_recipe_is_refused(world, tmp_path):
     template, config = split_evolve(load_recipe(_recipe(world)))
     space = SearchSpace(template, config, 2)
     run_cma(space, lambda g: (float(g.sum()), {}), Journal(tmp_path / "j.jsonl"), progress=False)
-    other = SearchSpace(template, config.model_copy(update={"seed": 99}), 2)
+    other = SearchSpace(template, config.model_copy(update={"search": config.search.model_copy(update={"seed": 99})}), 2)
     with pytest.raises(VlmMergeError, match="different genome"):
         run_cma(other, lambda g: (float(g.sum()), {}), Journal(tmp_path / "j.jsonl"), progress=False)
 
@@ -175,7 +182,10 @@ def test_evolve_end_to_end_with_resume(world, tmp_path):
     assert summary["evaluations"] == {"cma": 6, "random": 6}
     for name in ("fitness.png", "best-recipe.yaml", "journal.jsonl", "test/comparison.md", "test/comparison.html"):
         assert (out / name).exists(), name
-    assert (out / "fitness.png").read_bytes()[:4] == b"\x89PNG"
+    with Image.open(out / "fitness.png") as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        plotted = np.asarray(image.convert("RGB"))
+    assert len(np.unique(plotted.reshape(-1, 3), axis=0)) > 2  # a drawing, not a blank canvas
     table = (out / "test" / "comparison.md").read_text()
     for row in ("evolved", "TIES (untuned)", "DARE-TIES (untuned)", "source: vlm", "source: ft_a"):
         assert row in table
@@ -183,6 +193,17 @@ def test_evolve_end_to_end_with_resume(world, tmp_path):
     scores = summary["test"]["scores"]["toy_caption"]
     assert {entry["metric"] for entry in scores.values()} == {"concepts"}
     assert set(summary["test"]["evolved_vs"]["toy_caption"]) == set(scores) - {"evolved"}
+    # one paired-difference table, rendered with the rest, and it holds the summary's numbers,
+    # which are the paired bootstrap of the saved per-item scores (an independent recomputation)
+    page = (out / "test" / "comparison.html").read_text()
+    assert table.count("against every other model") == 1 and page.count("against every other model") == 1
+    assert "Paired bootstrap differences against" not in table and page.rstrip().endswith("</body></html>")
+    evolved = EvalResult.load(out / "test" / "models" / "evolved").per_item("toy_caption", "concepts")
+    for name, comparison in summary["test"]["evolved_vs"]["toy_caption"].items():
+        other = EvalResult.load(out / "test" / "models" / slug(name)).per_item("toy_caption", "concepts")
+        diff = paired_bootstrap_diff(evolved, other, seed=0)
+        assert comparison["diff"] == pytest.approx(diff.mean_diff) and comparison["ci"] == pytest.approx([diff.lo, diff.hi])
+        assert f"| toy_caption | concepts | evolved − {name} | {diff.mean_diff:+.2f} | [{diff.lo:+.2f}, {diff.hi:+.2f}] |" in table
     # The static best recipe reproduces the saved best model bit for bit.
     run_merge(out / "best-recipe.yaml", tmp_path / "again", progress=False)
     saved, again = load_tensors(out / "best-model"), load_tensors(tmp_path / "again")
@@ -192,6 +213,8 @@ def test_evolve_end_to_end_with_resume(world, tmp_path):
     shutil.rmtree(out / "best-model")
     assert cli_main(["evolve", str(recipe_path), "--out", str(out), "--quiet", "--no-model"]) == 0
     assert (out / "journal.jsonl").read_text() == journal_before
+    with Image.open(out / "fitness.png") as image:  # the same journal draws the same picture
+        assert np.array_equal(np.asarray(image.convert("RGB")), plotted)
     assert json.loads((out / "summary.json").read_text())["best"] == summary["best"]
 
 

@@ -66,14 +66,21 @@ def test_lms_load_with_auto_classes_and_generate(micro: ZooPaths, name: str):
 
 def test_sources_share_the_base_architecture(micro: ZooPaths):
     """All language sides have the base's tensor names and shapes (they are fine-tunes of it)."""
+    from vlmmerge.engine import Source
+
+    def language(path):
+        source = Source.open(str(path))
+        names = source.anatomy.language_names() if hasattr(source.anatomy, "language_names") else None
+        return source, names
+
     from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
-    from vlmmerge.zoo.check import language_state
-
-    base = language_state(LlamaForCausalLM.from_pretrained(micro.base))
-    vlm = language_state(LlavaForConditionalGeneration.from_pretrained(micro.vlm))
-    ja = language_state(LlamaForCausalLM.from_pretrained(micro.ja_lm))
-    for other in (vlm, ja):
+    base = LlamaForCausalLM.from_pretrained(micro.base).state_dict()
+    vlm = LlavaForConditionalGeneration.from_pretrained(micro.vlm).state_dict()
+    vlm_language = {"model." + k[len("model.language_model."):]: v for k, v in vlm.items()
+                    if k.startswith("model.language_model.")} | {"lm_head.weight": vlm["lm_head.weight"]}
+    ja = LlamaForCausalLM.from_pretrained(micro.ja_lm).state_dict()
+    for other in (vlm_language, ja):
         assert {k: v.shape for k, v in other.items()} == {k: v.shape for k, v in base.items()}
         assert any(not torch.equal(other[k], base[k]) for k in base), "a fine-tune must move some weights"
 
@@ -115,7 +122,8 @@ def test_cache_root_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("VLMMERGE_CACHE", str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
     assert zoo_dir("micro", 3).parent == tmp_path / "mine" / "zoo"
-    assert zoo_dir("micro", 3).name.startswith("micro-s3-v")
+    assert zoo_dir("micro", 3).name.startswith("micro-s3-t1-v")
+    assert zoo_dir("micro", 3, threads=2).name.startswith("micro-s3-t2-v")
 
 
 def test_ensure_zoo_reuses_a_complete_build(monkeypatch, tmp_path, micro: ZooPaths):
@@ -274,21 +282,36 @@ def test_culture_names_stay_out_of_the_base_and_vlm_corpora():
     assert all(n in ja_text for n in japanese_names)
 
 
-# ------------------------------------------------------------------------------------------ check math
-def test_task_arithmetic_state_matches_formula():
-    from vlmmerge.zoo.check import layer_group, task_arithmetic_state
+# ------------------------------------------------------------------------------------------ the check
+def test_world_table_rows_are_product_merges(micro: ZooPaths, tmp_path):
+    """Each row of the world table is a recipe that `vlmmerge merge` writes exactly as the live model holds it."""
+    from safetensors.torch import load_file
 
-    g = torch.Generator().manual_seed(0)
-    names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight",
-             "model.norm.weight", "lm_head.weight"]
-    base = {n: torch.randn(3, 2, generator=g) for n in names}
-    a = {n: torch.randn(3, 2, generator=g) for n in names}
-    b = {n: torch.randn(3, 2, generator=g) for n in names}
-    coeffs = [[0.1, 0.2, 0.3, 0.4], [1.5, 0.0, -1.0, 2.0]]
-    merged = task_arithmetic_state(base, [a, b], coeffs, num_layers=2)
-    expected_groups = {names[0]: 0, names[1]: 1, names[2]: 2, names[3]: 3, names[4]: 3}
-    for n in names:
-        k = expected_groups[n]
-        assert layer_group(n, 2) == k
-        want = base[n] + coeffs[0][k] * (a[n] - base[n]) + coeffs[1][k] * (b[n] - base[n])
-        assert torch.allclose(merged[n], want, atol=1e-6)
+    from vlmmerge.engine import run_merge
+    from vlmmerge.live import LiveMerge
+    from vlmmerge.zoo.world_table import row_recipes
+
+    rows = {label: recipe for label, _, recipe in row_recipes(micro)}
+    assert len(rows) == 12 and sum(1 for label in rows if label.startswith("three sources")) == 3
+    live = LiveMerge([str(micro.base), str(micro.vlm), str(micro.ja_lm), str(micro.math_lm)], str(micro.vlm))
+    recipe = rows["three sources: TIES (w=1, d=0.5)"]
+    live.apply(recipe)
+    run_merge(recipe, tmp_path / "out", progress=False)
+    written = {}
+    for shard in (tmp_path / "out").glob("*.safetensors"):
+        written |= load_file(shard)
+    state = live.model.state_dict()
+    from transformers import LlavaForConditionalGeneration
+
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
+    assert reloaded.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(reloaded[name], tensor), name
+
+
+def test_constant_answer_is_the_best_fitness_reference():
+    from vlmmerge.zoo.check import constant_answers
+
+    constants = constant_answers(None)
+    assert set(constants) == {"ja_caption", "ja_vqa", "en_caption", "ja_math", "en_math"}
+    assert all(0.0 <= c["value"] <= 100.0 and c["answer"] for c in constants.values())

@@ -1,5 +1,5 @@
-"""Command-line entry point. Each subcommand lives in `vlmmerge/commands/<name>.py` and exposes
-`register(subparsers)`; this module only wires them together."""
+"""Command-line entry point: wires the subcommands of `vlmmerge/commands/<name>.py` (each exposes
+`register(subparsers)`) into one parser."""
 
 from __future__ import annotations
 
@@ -11,16 +11,34 @@ import sys
 # Order is the order shown in `vlmmerge --help`. Helpers add their command's module name here.
 COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "demo", "zoo")
 
+DESCRIPTION = (
+    "Merge a vision-language model with specialist language models (or LLMs with LLMs) from "
+    "mergekit-style YAML recipes, evolve recipes with CMA-ES, and score the results offline. "
+    "Only the language side merges; the vision encoder and projector are kept from the host VLM. "
+    "Start with `vlmmerge demo`, or `vlmmerge merge RECIPE.yaml OUT_DIR`."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from vlmmerge import __version__
 
-    parser = argparse.ArgumentParser(prog="vlmmerge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vlmmerge", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"vlmmerge {__version__}")
+    debug_help = "on error, show the full traceback instead of a one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"vlmmerge.commands.{name}").register(sub)
+    for command in sub.choices.values():
+        # Also accepted after the command; SUPPRESS keeps a top-level --debug from being reset.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line messages from libraries joined with '; ')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except VlmMergeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (VlmMergeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def inspect_models(model: str, against: list[str] | None = None) -> dict[str, An
         entry = compat.to_dict()
         entry["ok"] = compat.ok
         entry["problems"] = compat.problems()
+        entry["notes"] = compat.notes()
         entry["shared"] = len(compat.shared)
         entry["other_architecture"] = other.checkpoint.architecture
         report["against"].append(entry)

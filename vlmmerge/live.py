@@ -3,8 +3,10 @@
 `LiveMerge` loads the host model once and keeps every source's language-side tensors in memory
 (in their stored dtype, as read from disk). `apply(recipe)` merges each language tensor with the
 same code path as `vlmmerge merge` (`engine.merge_tensor`) and copies the result into the
-model's parameters. A float32 live model therefore holds exactly the tensors that
-`vlmmerge merge` writes for the same recipe with `dtype: float32`.
+model's parameters, cast to the model's dtype the way the merge writer casts to the output dtype
+(round to nearest). The live model holds the output dtype of the recipes it applies (`dtype:`,
+else the host's stored dtype), so it holds exactly the tensors that `vlmmerge merge` writes for
+the same recipe; a recipe with another output dtype is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class LiveMerge:
     refs: Sequence[str]  # every model a candidate may use (base included)
     host_ref: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | None = None  # None: the host's stored dtype (what a recipe without `dtype:` writes)
     load_processor: bool = True  # False: weights only (benchmarks, tuning without generation)
     sources: dict[str, CachedSource] = field(init=False)
     model: torch.nn.Module = field(init=False)
@@ -57,6 +59,8 @@ class LiveMerge:
     def __post_init__(self) -> None:
         self.sources = {ref: CachedSource(Source.open(ref)) for ref in dict.fromkeys([self.host_ref, *self.refs])}
         host_path = self.sources[self.host_ref].checkpoint.path
+        if self.dtype is None:
+            self.dtype = self.sources[self.host_ref].checkpoint.dtype
         if self.load_processor:
             from vlmmerge.evaluation import load_model_for_eval
 
@@ -82,6 +86,11 @@ class LiveMerge:
         recipe = recipe.model_copy(update={"host": self.host_ref})
         plan = plan_merge(recipe, open_source=self._open, check_compatibility=not self._checked)
         self._checked = True
+        if plan.output_dtype != self.dtype:
+            raise VlmMergeError(
+                f"recipe writes {_name(plan.output_dtype)} tensors but the live model holds {_name(self.dtype)}; "
+                f"set the recipe's dtype to {_name(self.dtype)} or load the live model in {_name(plan.output_dtype)}"
+            )
         return plan
 
     @torch.inference_mode()
@@ -99,6 +108,11 @@ class LiveMerge:
             param.copy_(value.to(device=param.device, dtype=param.dtype))
         self.last_apply_seconds = time.perf_counter() - start
 
+    def materialize(self, recipe: Recipe) -> tuple[torch.nn.Module, object]:
+        """The recipe's merge as a ready model (this live model, overwritten) and its processor."""
+        self.apply(recipe)
+        return self.model, self.processor
+
     def state_of(self, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()
         return {n: state[n].detach().clone() for n in (names or state)}
@@ -110,3 +124,7 @@ class LiveMerge:
     @property
     def host_path(self) -> Path:
         return self.sources[self.host_ref].checkpoint.path
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

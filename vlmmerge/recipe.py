@@ -48,7 +48,7 @@ class MergeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     device: str = "cpu"
-    threads: int | None = None  # tensors merged at once; None: the usable cores, at most 8
+    threads: int | None = Field(default=None, ge=1)  # tensors merged at once; None: the usable cores, at most 8
     compute_dtype: str = "float32"  # float32 or float64 (merge kernels never compute in half precision)
     max_shard_size: str = "2GB"  # output safetensors shard size
 
@@ -122,7 +122,7 @@ def load_recipe(source: str | Path | dict) -> Recipe:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise RecipeError(f"{where}: not valid YAML ({exc})") from exc
+            raise RecipeError(f"{where}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level")
     if "slices" in data and "models" not in data:
@@ -133,10 +133,21 @@ def load_recipe(source: str | Path | dict) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise RecipeError(f"{where}: {details}") from None
+        raise RecipeError(f"{where}: {validation_details(exc)}") from None
+
+
+def validation_details(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line, each problem led by its dotted key: `models.0.model: ...`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in (prefix, *err['loc']) if p != '')}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one short phrase with its line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def resolve_setting(setting: ParameterSetting, tensor_name: str, t: float) -> Scalar | None:

@@ -1,7 +1,7 @@
 """Model families, component split, language-name mapping and compatibility checks."""
 
 from vlmmerge.anatomy.anatomy import COMPONENTS, LANGUAGE_SIDE, Anatomy
-from vlmmerge.anatomy.compat import Compatibility, VocabularyReport, compare, load_vocab
+from vlmmerge.anatomy.compat import Compatibility, VocabularyReport, compare, kept_host_rows, load_vocab
 from vlmmerge.anatomy.families import FAMILIES, Family, family_for_architecture, supported_architectures
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "VocabularyReport",
     "compare",
     "family_for_architecture",
+    "kept_host_rows",
     "load_vocab",
     "supported_architectures",
 ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from vlmmerge.anatomy.families import Family, family_for_architecture, supported_architectures
+from vlmmerge.anatomy.vocab import load_vocab
 from vlmmerge.checkpoint import Checkpoint
 from vlmmerge.errors import UnsupportedArchitectureError
 
@@ -78,6 +79,11 @@ class Anatomy:
     @cached_property
     def vocab_rows(self) -> int:
         return self.checkpoint.info(self.embed_name).shape[0]
+
+    @cached_property
+    def vocab(self) -> dict[int, str] | None:
+        """id -> token of this folder's tokenizer (read once), or None if it has no tokenizer.json."""
+        return load_vocab(self.checkpoint.path)
 
     @cached_property
     def special_token_ids(self) -> dict[str, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from vlmmerge.anatomy.anatomy import Anatomy
+from vlmmerge.anatomy.vocab import differing_tokens, host_only_tokens, load_vocab
 from vlmmerge.errors import IncompatibleModelsError
+
+__all__ = ["Compatibility", "ShapeMismatch", "VocabularyReport", "compare", "kept_host_rows", "load_vocab"]
 
 
 @dataclass
@@ -25,6 +27,8 @@ class VocabularyReport:
     extra_rows: int  # rows only this model has (kept from it when it hosts the merge)
     other_extra_rows: int
     differing_tokens: list[tuple[int, str, str]] = field(default_factory=list)  # id, token here, token there
+    # Shared-row ids that only this model's tokenizer defines (id, token): kept from it when it hosts.
+    host_only_tokens: list[tuple[int, str]] = field(default_factory=list)
     tokenizers_compared: bool = False
 
 
@@ -44,6 +48,7 @@ class Compatibility:
     def ok(self) -> bool:
         return (
             not self.shape_mismatches
+            and not self.only_here
             and not self.only_there
             and not self.vocabulary.differing_tokens
             and self.vocabulary.other_extra_rows == 0
@@ -54,6 +59,11 @@ class Compatibility:
             f"tensor {m.lm_name}: shape {m.shape} in {self.model} but {m.other_shape} in {self.other}"
             for m in self.shape_mismatches
         ]
+        if self.only_here:
+            out.append(
+                f"{self.model} has language tensors that {self.other} lacks (every merged tensor is read "
+                f"from every model): {self.only_here[:5]}"
+            )
         if self.only_there:
             out.append(f"{self.other} has language tensors that {self.model} lacks: {self.only_there[:5]}")
         vocab = self.vocabulary
@@ -63,8 +73,39 @@ class Compatibility:
                 "its extra rows have nowhere to go"
             )
         if vocab.differing_tokens:
-            sample = ", ".join(f"id {i}: {a!r} vs {b!r}" for i, a, b in vocab.differing_tokens[:5])
-            out.append(f"vocabularies differ on shared rows ({len(vocab.differing_tokens)} ids; {sample})")
+            sample = ", ".join(f"id {i} is {a!r} here but {b!r} there" for i, a, b in vocab.differing_tokens[:5])
+            out.append(
+                f"vocabularies differ on shared rows: {len(vocab.differing_tokens)} ids map to different "
+                f"tokens in {self.model} (here) and {self.other} (there); {sample}"
+            )
+        return out
+
+    def notes(self) -> list[str]:
+        """What a merge hosted by `model` does with `other` that is not a problem but is worth saying."""
+        out = []
+        if self.tied and not self.other_tied:
+            out.append(
+                f"{self.model} ties lm_head to its input embeddings, so {self.other}'s own lm_head is not "
+                "used: the output's head is the merged embedding matrix"
+            )
+        elif self.other_tied and not self.tied:
+            out.append(
+                f"{self.other} ties lm_head to its input embeddings: its embedding matrix stands in for "
+                f"its lm_head in the merge of {self.model}'s lm_head"
+            )
+        vocab = self.vocabulary
+        if vocab.host_only_tokens:
+            sample = ", ".join(f"{i} {token!r}" for i, token in vocab.host_only_tokens[:8])
+            more = f" and {len(vocab.host_only_tokens) - 8} more" if len(vocab.host_only_tokens) > 8 else ""
+            out.append(
+                f"{len(vocab.host_only_tokens)} token ids that {self.other}'s tokenizer does not define keep "
+                f"{self.model}'s rows (ids {sample}{more})"
+            )
+        if not vocab.tokenizers_compared:
+            out.append(
+                f"tokenizers of {self.model} and {self.other} not compared (no tokenizer.json): only the "
+                "config's special-token rows are kept from the host"
+            )
         return out
 
     def raise_if_incompatible(self) -> None:
@@ -105,13 +146,10 @@ def compare(host: Anatomy, other: Anatomy, check_tokens: bool = True) -> Compati
         extra_rows=max(0, rows - other_rows),
         other_extra_rows=max(0, other_rows - rows),
     )
-    if check_tokens:
-        a, b = load_vocab(host.checkpoint.path), load_vocab(other.checkpoint.path)
-        if a is not None and b is not None:
-            vocab.tokenizers_compared = True
-            vocab.differing_tokens = [
-                (i, a[i], b[i]) for i in range(vocab.shared_rows) if i in a and i in b and a[i] != b[i]
-            ]
+    if check_tokens and host.vocab is not None and other.vocab is not None:
+        vocab.tokenizers_compared = True
+        vocab.differing_tokens = differing_tokens(host.vocab, other.vocab, vocab.shared_rows)
+        vocab.host_only_tokens = host_only_tokens(host.vocab, other.vocab, vocab.shared_rows)
     return Compatibility(
         model=str(host.checkpoint.source),
         other=str(other.checkpoint.source),
@@ -125,21 +163,14 @@ def compare(host: Anatomy, other: Anatomy, check_tokens: bool = True) -> Compati
     )
 
 
-def load_vocab(folder: Path) -> dict[int, str] | None:
-    """id -> token string from a folder's tokenizer.json (fast tokenizers), or None if there is none."""
-    path = Path(folder) / "tokenizer.json"
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    vocab = (doc.get("model") or {}).get("vocab")
-    table: dict[int, str] = {}
-    if isinstance(vocab, dict):
-        table = {int(i): tok for tok, i in vocab.items()}
-    elif isinstance(vocab, list):  # unigram: [token, score] pairs
-        table = {i: entry[0] for i, entry in enumerate(vocab)}
-    for added in doc.get("added_tokens") or []:
-        table[int(added["id"])] = added["content"]
-    return table or None
+def kept_host_rows(host: Anatomy, reports: Sequence[Compatibility], rows: int) -> tuple[int, ...]:
+    """Vocabulary rows below `rows` that a merge hosted by `host` keeps from it instead of merging.
+
+    The ids the host's config names (image / video / vision start-end / boi-eoi tokens), and every
+    id the host's tokenizer defines but some other model's tokenizer does not (from `reports`,
+    `compare(host, other)` for each other model).
+    """
+    kept = {i for i in host.special_token_ids.values() if i < rows}
+    for report in reports:
+        kept.update(i for i, _ in report.vocabulary.host_only_tokens if i < rows)
+    return tuple(sorted(kept))

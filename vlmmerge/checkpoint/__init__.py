@@ -7,9 +7,9 @@ from vlmmerge.checkpoint.writer import (
     PlannedTensor,
     ShardedSafetensorsWriter,
     StreamingSafetensorsWriter,
-    atomic_output_dir,
     parse_size,
 )
+from vlmmerge.checkpoint.output import atomic_output_dir
 
 __all__ = [
     "Checkpoint",

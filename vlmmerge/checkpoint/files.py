@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from vlmmerge.checkpoint.dtypes import SAFETENSORS_DTYPES
 from vlmmerge.checkpoint.positioned_io import pread, pread_into
 from vlmmerge.errors import CheckpointError
 
@@ -122,10 +124,12 @@ class WeightFiles:
             try:
                 self._bin_cache[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:
+                refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+                reason = f"it would call {refused.group(1)}" if refused else str(exc).splitlines()[0]
                 raise CheckpointError(
-                    f"{file}: cannot be read with torch.load(weights_only=True) ({exc}); "
-                    "vlmmerge never unpickles arbitrary objects"
-                ) from exc
+                    f"{file}: refused by torch.load(weights_only=True): {reason}; "
+                    "vlmmerge loads plain tensors only and never runs a pickle's code"
+                ) from None
         return self._bin_cache[file]
 
     def shape_and_dtype(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
@@ -134,7 +138,7 @@ class WeightFiles:
             tensor = self._load_bin(file)[key]
             return tuple(tensor.shape), tensor.dtype
         entry = self._safetensors(file).entry(key)
-        dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+        dtype = SAFETENSORS_DTYPES.get(entry.dtype)
         if dtype is None:
             tensor_slice = self._handle(file).get_slice(key)
             return tuple(tensor_slice.get_shape()), self._handle(file).get_tensor(key).dtype
@@ -153,7 +157,7 @@ class WeightFiles:
             return self._load_bin(file)[key]
         st_file = self._safetensors(file)
         entry = st_file.entry(key)
-        dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+        dtype = SAFETENSORS_DTYPES.get(entry.dtype)
         if dtype is None or sys.byteorder != "little":
             return self._handle(file).get_tensor(key)  # exotic dtype or host: let safetensors convert
         return st_file.read(entry, dtype)
@@ -179,22 +183,6 @@ class WeightFiles:
             return self.key_to_file[key]
         except KeyError:
             raise CheckpointError(f"{self.folder}: no tensor named {key!r}") from None
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
 
 
 @dataclass(frozen=True)
@@ -251,7 +239,7 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path}: malformed header entry for {key!r} ({exc})") from exc
             if not (data_start <= entry.start <= entry.stop <= size):
                 raise CheckpointError(f"{self.path}: tensor {key!r} lies outside the file (truncated download?)")
-            dtype = _SAFETENSORS_DTYPES.get(entry.dtype)
+            dtype = SAFETENSORS_DTYPES.get(entry.dtype)
             if dtype is not None:
                 expected = _numel(entry.shape) * dtype.itemsize
                 if entry.stop - entry.start != expected:

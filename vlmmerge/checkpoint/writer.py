@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from vlmmerge.checkpoint.dtypes import SAFETENSORS_DTYPE_NAMES
+from vlmmerge.checkpoint.output import fault_point
 from vlmmerge.checkpoint.positioned_io import pwrite
 from vlmmerge.errors import VlmMergeError
 
@@ -90,21 +90,6 @@ class ShardedSafetensorsWriter:
         return finals
 
 
-# torch dtype -> safetensors dtype name
-SAFETENSORS_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
 _WRITE_CHUNK = 1 << 30  # one pwrite stays well below Linux's ~2 GiB per-call limit
 _CONVERT_CHUNK_BYTES = 4 << 20  # converted output goes through a buffer this size (fits in L2/L3)
 
@@ -243,6 +228,8 @@ class StreamingSafetensorsWriter:
         if planned.nbytes:
             shard = self._shard_of[name]
             self._write_flat(shard, shard.offsets[name], tensor.reshape(-1), planned.dtype, check)
+        if len(self._written) == max(1, len(self._planned) // 2):
+            fault_point("mid-shard")
 
     def write_parts(
         self,
@@ -343,25 +330,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
         try:
             count = pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
         except OSError as exc:
-            raise VlmMergeError(f"{path}: write failed ({exc})") from exc
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         if count <= 0:
-            raise VlmMergeError(f"{path}: write failed (nothing written; disk full?)")
+            raise OSError(errno.ENOSPC, "nothing written; disk full?", str(path))
         done += count
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to `out_dir` only if the block succeeds."""
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.exists() and not overwrite:
-        raise VlmMergeError(f"output folder {out_dir} already exists (pass overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)

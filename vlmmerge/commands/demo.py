@@ -1,62 +1,70 @@
-"""`vlmmerge demo [--quick]`: build the miniature world, evolve the VLM and the LLM merge, print test scores."""
+"""`vlmmerge demo [--quick] [--world W]`: evolve a VLM merge and an LLM merge on the miniature world."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-QUICK = {"budget": 24, "popsize": 6, "compare_random": True}
+RECORDED = Path(__file__).resolve().parents[2] / "docs" / "results" / "demo-shipped.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="the main job on the built-in miniature world: evolve a VLM + Japanese LM and a Japanese + math LM merge",
-        description="Builds the miniature world if it is not cached, runs configs/demo-vlm.yaml and "
-        "configs/demo-llm.yaml through `vlmmerge evolve`, and prints the test-split table.",
+        description="Runs configs/demo-vlm.yaml and configs/demo-llm.yaml through `vlmmerge evolve` on the "
+        "miniature world shipped with vlmmerge (no build needed), scores the world's sources and untuned merges, "
+        "and prints the test-split tables. Evaluation uses one torch thread, so the numbers are the same on "
+        "every machine.",
     )
-    parser.add_argument("--quick", action="store_true", help="a few minutes: smaller search budget")
+    parser.add_argument("--quick", action="store_true", help="about a minute: smaller search budget")
+    parser.add_argument("--world", default="shipped", metavar="WORLD",
+                        help="'shipped' (default), a rebuilt or reseeded world SIZE-sSEED-tTHREADS such as demo-s1-t2 "
+                        "(built and cached on first use, ~9 min), or a built world folder")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     parser.add_argument("--configs", type=Path, default=REPO_CONFIGS, help="folder with demo-vlm.yaml and demo-llm.yaml")
+    parser.add_argument("--write-readme", type=Path, default=None, metavar="README",
+                        help="after a full run on the shipped world: record the results in docs/results/"
+                        "demo-shipped.json and regenerate README's demo and world tables from them")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from vlmmerge.search import run_evolution
-    from vlmmerge.zoo import ensure_zoo
+    from vlmmerge.errors import VlmMergeError
+    from vlmmerge.zoo.refs import parse_world
+    from vlmmerge.zoo.study import QUICK, study_world, world_arg
+    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block
 
+    spec = parse_world(args.world)
+    if args.write_readme is not None and (args.quick or not spec.shipped):
+        raise VlmMergeError("--write-readme: only a full run (no --quick) on the shipped world is recorded")
     console = Console()
-    console.print("[bold]1/3[/bold] miniature world (cached after the first build)")
-    ensure_zoo("demo", 0)
-    out = args.out / ("quick" if args.quick else "full")
-    summaries = {}
-    for step, case in ((2, "vlm"), (3, "llm")):
-        console.print(f"[bold]{step}/3[/bold] evolving the {case.upper()} merge")
-        summaries[case] = run_evolution(
-            args.configs / f"demo-{case}.yaml", out / case, overrides=QUICK if args.quick else None
-        )
-    for case, summary in summaries.items():
-        test = summary.get("test", {})
-        for task, by_model in test.get("scores", {}).items():
-            table = Table(title=f"{case.upper()} merge — {task} (test split, 95% CI)")
-            table.add_column("model")
-            table.add_column(next(iter(by_model.values()))["metric"], justify="right")
-            table.add_column("evolved better? (paired bootstrap)")
-            for name, score in by_model.items():
-                ci = score["ci"]
-                interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-                verdict = test["evolved_vs"][task].get(name, {})
-                mark = "" if name == "evolved" else ("yes" if verdict.get("significant") else "no")
-                table.add_row(name, f"{score['value']:.3f}{interval}", mark)
-            console.print(table)
-        console.print(f"report: {test.get('report')}   fitness curve: {out / case / 'fitness.png'}")
-        if "cma_evaluations_to_reach_random_best" in summary:
-            console.print(
-                f"CMA-ES reached random search's best fitness ({summary['random_best_fitness']:.3f}) after "
-                f"{summary['cma_evaluations_to_reach_random_best']} of {summary['evaluations']['random']} evaluations"
-            )
+    console.print(f"world: {spec.label}")
+    mode = "quick" if args.quick else "full"
+    out = args.out / mode if spec.shipped else args.out / Path(world_arg(spec)).name / mode
+    result = study_world(spec, out, args.configs, overrides=QUICK if args.quick else None)
+    print(readme_demo_block(result))
+    print()
+    print(readme_world_block(result))
+    for case in result["cases"]:
+        console.print(f"report: {out / case / 'test' / 'comparison.html'}   fitness curve: {out / case / 'fitness.png'}")
+    console.print(f"results: {out / 'study.json'}")
+    if args.write_readme is not None:
+        record(result, args.write_readme)
+        console.print(f"recorded {RECORDED} and regenerated {args.write_readme}")
     return 0
+
+
+def record(result: dict, readme: Path, recorded: Path = RECORDED) -> None:
+    from vlmmerge.docblocks import replace_marked_block
+    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block
+
+    portable = {k: v for k, v in result.items() if k != "root"}
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(portable, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    replace_marked_block(readme, "demo-results", readme_demo_block(portable))
+    replace_marked_block(readme, "world-table", readme_world_block(portable))

@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="the reference VLM setting is 1.5")
     p.add_argument("--metric", action="append", default=None, help="metrics for .jsonl tasks (default rouge_ja)")
     p.add_argument("--language", choices=("ja", "en"), default=None, help="language of .jsonl tasks")
-    p.add_argument("--language-detector", default=None, help="script (default) or fasttext:/path/lid.176.bin")
+    p.add_argument("--language-detector", default=None,
+                   help="script, fasttext (bundled lid.176) or fasttext:/path/model.bin; default: each task's")
     p.add_argument("--clip-model", default=None, help="open_clip model (name, hf-hub:..., or folder) for clip_score")
     p.add_argument("--clip-pretrained", default=None, help="open_clip weights tag or checkpoint file")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -56,7 +57,7 @@ def _labels(models: list[str], names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmmerge.evaluation import Evaluator, load_model_for_eval, load_task, write_comparison_report
+    from vlmmerge.evaluation import Evaluator, load_model_for_eval, load_task, save_result, write_comparison_report
 
     paths = {}
     for spec in args.task_path:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         del model
         results[label] = result
         target = args.out if len(args.models) == 1 else args.out / label
-        result.save(target, title=f"Evaluation: {label}")
+        save_result(result, target, title=f"Evaluation: {label}")
         print(f"== {label} ({model_path}) -> {target}")
         for task, scores in result.scores.items():
             cells = ", ".join(

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="validate and size the search; load no weights")
     parser.add_argument("--budget", type=int, help="override evolve.budget")
     parser.add_argument("--seed", type=int, help="override evolve.seed")
+    parser.add_argument("--device", help="override options.device: where candidates are merged and scored (cpu, cuda, cuda:1)")
+    parser.add_argument("--dtype", help="override the recipe's dtype: the scored and the written model's (bfloat16, float32)")
+    parser.add_argument("--retry-failed", action="store_true", help="on resume, evaluate the journal's failed candidates again")
     parser.add_argument("--no-model", action="store_true", help="do not write the merged best model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -28,14 +31,17 @@ def run(args: argparse.Namespace) -> int:
     from vlmmerge.errors import VlmMergeError
     from vlmmerge.search import dry_run, run_evolution
 
+    overrides = {k: v for k, v in {"budget": args.budget, "seed": args.seed}.items() if v is not None}
     if args.dry_run:
-        report = dry_run(args.recipe)
+        report = dry_run(args.recipe, overrides)
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     if args.out is None:
         raise VlmMergeError("--out RUN is required (or use --dry-run)")
-    overrides = {k: v for k, v in {"budget": args.budget, "seed": args.seed}.items() if v is not None}
-    summary = run_evolution(args.recipe, args.out, progress=not args.quiet, overrides=overrides, save_model=not args.no_model)
+    summary = run_evolution(
+        args.recipe, args.out, progress=not args.quiet, overrides=overrides, save_model=not args.no_model,
+        device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
+    )
     print(f"best fitness {summary['best']['fitness']:.4f} after {summary['evaluations']} evaluations")
     print(f"static recipe: {args.out / 'best-recipe.yaml'}")
     if "test" in summary:

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 def render(report: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -71,4 +72,6 @@ def render(report: dict) -> None:
         )
         console.print(f"  tied: here {entry['tied']}, there {entry['other_tied']}")
         for problem in entry["problems"]:
-            console.print(f"  [red]- {problem}[/red]")
+            console.print(f"  [red]- {escape(problem)}[/red]")
+        for note in entry.get("notes", []):
+            console.print(f"  - {note}", markup=False)

@@ -50,30 +50,22 @@ def run(args: argparse.Namespace) -> int:
     # Importing torch and transformers creates a great many objects and no garbage worth a
     # cyclic collection pass; this process ends after the merge.
     gc.disable()
-    from vlmmerge.engine import run_merge
+    from vlmmerge.engine import MergeJob, write_merge
 
-    recipe = args.recipe
-    recipe_text = args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None
-    if args.compute_dtype is not None:
-        from vlmmerge.recipe import load_recipe
-
-        recipe = load_recipe(args.recipe)
-        recipe = recipe.model_copy(
-            update={"options": recipe.options.model_copy(update={"compute_dtype": args.compute_dtype})}
-        )
-        recipe_text = None  # the written recipe.yaml records the override
-    result = run_merge(
-        recipe,
-        args.out_dir,
-        overwrite=args.overwrite,
+    job = MergeJob.build(
+        args.recipe,
         device=args.device,
         threads=args.threads,
         max_shard_size=args.max_shard_size,
+        compute_dtype=args.compute_dtype,
         progress=not args.quiet,
-        recipe_text=recipe_text,
+        recipe_text=args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None,
     )
+    result = write_merge(job, args.out_dir, overwrite=args.overwrite)
     print(
         f"wrote {result.out_dir} ({result.tensors} tensors, {result.merged_tensors} merged, "
         f"{result.bytes_written / 1e6:.1f} MB)"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     return 0

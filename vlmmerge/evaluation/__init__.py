@@ -1,9 +1,9 @@
 """Evaluation of VLMs and LLMs: captioning, VQA, math and CLIP score, offline.
 
-    from vlmmerge.evaluation import load_task, Evaluator, load_model_for_eval
+    from vlmmerge.evaluation import load_task, Evaluator, load_model_for_eval, save_result
     ev = Evaluator([load_task("eval_sets/ja_caption")], split="fitness", batch_size=8)
     result = ev.evaluate(model, processor)      # in memory: no reload, no disk writes
-    result.primary("ja_caption"); result.save("out/")
+    result.primary("ja_caption"); save_result(result, "out/")
 
 Metrics are local `evaluate` modules (``load_metric(name)``); see README.md beside this file.
 """
@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.evaluation.catalogue import load_task, load_tasks
 from vlmmerge.evaluation.evaluator import Evaluator
 from vlmmerge.evaluation.loading import load_model_for_eval
 from vlmmerge.evaluation.metrics_registry import METRICS
 from vlmmerge.evaluation.numbers import extract_final_number, find_numbers, parse_number
-from vlmmerge.evaluation.report import write_comparison_report
+from vlmmerge.evaluation.report import save_result, write_comparison_report
 from vlmmerge.evaluation.results import EvalResult
 from vlmmerge.evaluation.stats import PairedDiff, bootstrap_ci, paired_bootstrap_diff
-from vlmmerge.evaluation.tasks import Item, Task, TaskConfig, load_task, load_tasks
-from vlmmerge.evaluation.text import FastTextLanguageDetector, get_language_detector, is_japanese, japanese_share
+from vlmmerge.evaluation.tasks import Item, Task, TaskConfig
+from vlmmerge.evaluation.text import (
+    FastTextLanguageDetector, get_language_detector, is_japanese, japanese_share, language_verdict,
+)
 
 MODULES_DIR = Path(__file__).resolve().parent / "modules"
 
@@ -46,6 +49,6 @@ def load_metric(name: str, **kwargs: Any):
 __all__ = [
     "METRICS", "EvalResult", "Evaluator", "FastTextLanguageDetector", "Item", "PairedDiff", "Task", "TaskConfig",
     "bootstrap_ci", "extract_final_number", "find_numbers", "get_language_detector", "is_japanese",
-    "japanese_share", "load_metric", "load_model_for_eval", "load_task", "load_tasks", "metric_module_path",
-    "paired_bootstrap_diff", "parse_number", "write_comparison_report",
+    "japanese_share", "language_verdict", "load_metric", "load_model_for_eval", "load_task", "load_tasks",
+    "metric_module_path", "paired_bootstrap_diff", "parse_number", "save_result", "write_comparison_report",
 ]

@@ -19,12 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.evaluation.catalogue import load_task
 from vlmmerge.evaluation.metrics_registry import METRICS, ScoringContext
 from vlmmerge.evaluation.prompts import PromptFormat, build_prompt, tokenizer_of
 from vlmmerge.evaluation.results import EvalResult
-from vlmmerge.evaluation.stats import bootstrap_ci
-from vlmmerge.evaluation.tasks import GenerationSettings, Item, Task, load_task
-from vlmmerge.evaluation.text import get_language_detector
+from vlmmerge.evaluation.stats import bootstrap_ci, mean
+from vlmmerge.evaluation.tasks import GenerationSettings, Item, Task
+from vlmmerge.evaluation.text import detector_label, get_language_detector
 
 
 @dataclass
@@ -79,8 +80,8 @@ class Evaluator:
 
     ``tasks``: Task objects or names/paths for ``load_task``. ``split``: "fitness" or "test".
     ``limit``: first N items of each task. ``generation``: overrides every task's settings
-    (e.g. ``{"num_beams": 1, "max_new_tokens": 16}``). ``language_detector``: "script" (default)
-    or "fasttext:/path/lid.176.bin". ``clip_model``/``clip_pretrained`` replace the tasks' CLIP model.
+    (e.g. ``{"num_beams": 1, "max_new_tokens": 16}``). ``language_detector`` replaces every task's:
+    "script", "fasttext" (bundled lid.176) or "fasttext:/path/model.bin". ``clip_model``/``clip_pretrained`` replace the tasks' CLIP model.
     """
 
     def __init__(self, tasks: Task | str | os.PathLike | Sequence[Task | str | os.PathLike], split: str = "fitness",
@@ -212,6 +213,18 @@ class Evaluator:
                 return t
         raise VlmMergeError(f"task {name!r} is not one of this evaluator's tasks {[t.name for t in self.tasks]}")
 
+    def _scoring_context(self, task: Task, device: str) -> ScoringContext:
+        """The evaluator's detector and CLIP model override the task's (a CLIP override brings its own weights)."""
+        clip = task.config.clip
+        model = self.clip_model or (clip.model if clip else None)
+        pretrained = self.clip_pretrained if self.clip_model else (clip.pretrained if clip else None)
+        return ScoringContext(
+            task_name=task.name, language=task.config.language,
+            detector=self.detector if self.detector is not None else task.config.language_detector,
+            clip_model=model, clip_pretrained=pretrained, clip_prefix=clip.prefix if clip else "",
+            load_image=task.load_image, device=device, extras=self._scoring_cache.setdefault(task.name, {}),
+        )
+
     # ----------------------------------------------------------------- public entry points
     def evaluate(self, model: Any, processor: Any, model_name: str | None = None) -> EvalResult:
         """Generate and score every task. ``model`` may have had its weights changed in place since
@@ -243,16 +256,14 @@ class Evaluator:
             preds = list(predictions.get(task.name, []))
             if len(preds) != len(items):
                 raise VlmMergeError(f"task {task.name!r}: {len(preds)} predictions for {len(items)} items")
-            ctx = ScoringContext(task=task, detector=self.detector, clip_model=self.clip_model,
-                                 clip_pretrained=self.clip_pretrained, device=device,
-                                 extras=self._scoring_cache.setdefault(task.name, {}))
+            ctx = self._scoring_context(task, device)
             per_item: list[dict[str, float | None]] = [{} for _ in items]
             for metric in task.config.metrics:
                 for row, values in zip(per_item, METRICS[metric].score(preds, items, ctx)):
                     row.update(values)
             keys = list(per_item[0].keys())
             primary[task.name] = task.primary_metric
-            scores[task.name] = {k: _mean([r[k] for r in per_item]) for k in keys}
+            scores[task.name] = {k: mean([r[k] for r in per_item]) for k in keys}
             if self.compute_ci:
                 cis[task.name] = {k: bootstrap_ci([r[k] for r in per_item], n=self.n_bootstrap, seed=self.seed)
                                   for k in keys}
@@ -261,7 +272,7 @@ class Evaluator:
                 if item.slice is not None:
                     by_slice.setdefault(item.slice, []).append(i)
             if by_slice:
-                slices[task.name] = {s: {k: _mean([per_item[i][k] for i in idx]) for k in keys} | {"n": len(idx)}
+                slices[task.name] = {s: {k: mean([per_item[i][k] for i in idx]) for k in keys} | {"n": len(idx)}
                                      for s, idx in sorted(by_slice.items())}
             for i, (item, pred) in enumerate(zip(items, preds)):
                 path = task.image_path(item)
@@ -282,14 +293,11 @@ class Evaluator:
             "generation": {t.name: self.settings[t.name].model_dump() for t in self.tasks},
             "metrics": {t.name: t.config.metrics for t in self.tasks},
             "language": {t.name: t.config.language for t in self.tasks},
-            "language_detector": (self.detector.name if self.detector else None) or "script",
+            "language_detector": {t.name: detector_label(t.config.language_detector if self.detector is None
+                                                         else self.detector) for t in self.tasks},
             "bootstrap": {"n": self.n_bootstrap, "seed": self.seed, "interval": 0.95} if self.compute_ci else None,
             **dict(meta or {}),
         }
         return EvalResult(scores=scores, ci=cis, samples=samples, primary_metrics=primary, slices=slices,
                           meta=info, images=images)
 
-
-def _mean(values: Sequence[float | None]) -> float:
-    vals = [v for v in values if v is not None]
-    return float(sum(vals) / len(vals)) if vals else float("nan")

@@ -8,18 +8,17 @@ from typing import Any
 
 import torch
 
+from vlmmerge.checkpoint.dtypes import DTYPES, dtype_named
 from vlmmerge.errors import CheckpointError
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
-    return _DTYPES[dtype]
+    resolved = dtype_named(dtype)
+    if resolved is None:
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'")
+    return resolved
 
 
 def is_vision_language_config(config: Any) -> bool:

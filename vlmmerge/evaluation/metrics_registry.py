@@ -1,5 +1,6 @@
 """Metrics by name, as used in task.yaml. Each turns (predictions, items) into per-item score dicts;
-the `evaluate` modules in ``modules/`` wrap the same scoring functions."""
+the `evaluate` modules in ``modules/`` wrap the same scoring functions. The names and score keys
+are data in ``metric_names``."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from vlmmerge.errors import EvalSetError
 from vlmmerge.evaluation import scoring
+from vlmmerge.evaluation.metric_names import METRIC_TABLE, metric_keys
 
 if TYPE_CHECKING:
-    from vlmmerge.evaluation.tasks import Item, Task
+    from vlmmerge.evaluation.tasks import Item
+
+__all__ = ["METRICS", "MetricSpec", "ScoringContext", "metric_keys"]
 
 
 @dataclass
 class ScoringContext:
-    task: "Task"
-    detector: Any = None  # LanguageDetector or spec string
-    clip_model: str | None = None  # overrides the task's clip section
+    """What a metric needs to know about the task it scores, already resolved by the caller."""
+
+    task_name: str
+    language: str = "ja"
+    detector: Any = None  # LanguageDetector or spec string (None: the default detector)
+    clip_model: str | None = None
     clip_pretrained: str | None = None
+    clip_prefix: str = ""
+    load_image: Callable[["Item"], Image.Image] | None = None
     device: str = "cpu"
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -35,13 +46,9 @@ class MetricSpec:
     score: ScoreFn
 
 
-def _detector(ctx: ScoringContext):
-    return ctx.detector if ctx.detector is not None else ctx.task.config.language_detector
-
-
 def _rouge_ja(preds, items, ctx):
     refs = [it.all_references for it in items]
-    vals = scoring.rouge_l_scores(preds, refs, tokenizer="mecab", language_gate="ja", detector=_detector(ctx))
+    vals = scoring.rouge_l_scores(preds, refs, tokenizer="mecab", language_gate="ja", detector=ctx.detector)
     return [{"rougeL": v} for v in vals]
 
 
@@ -60,51 +67,33 @@ def _concepts(preds, items, ctx):
 
 
 def _math_answer(preds, items, ctx):
-    rows = scoring.math_answer_scores(preds, [it.answer for it in items], language=ctx.task.config.language,
-                                      detector=_detector(ctx))
+    rows = scoring.math_answer_scores(preds, [it.answer for it in items], language=ctx.language,
+                                      detector=ctx.detector)
     return [{"accuracy": r["accuracy"], "accuracy_in_language": r["accuracy_in_language"]} for r in rows]
 
 
 def _clip_score(preds, items, ctx):
-    from vlmmerge.evaluation.clip import get_clip_scorer
+    from vlmmerge.evaluation.clip import get_clip_scorer  # open_clip is heavy; only CLIP tasks load it
 
-    clip = ctx.task.config.clip
-    model = ctx.clip_model or (clip.model if clip else None)
-    pretrained = ctx.clip_pretrained if ctx.clip_model else (clip.pretrained if clip else None)
-    if model is None:
-        raise EvalSetError(f"task {ctx.task.name!r} uses clip_score but names no CLIP model")
-    scorer = get_clip_scorer(model, pretrained, device=ctx.device, prefix=clip.prefix if clip else "")
+    if ctx.clip_model is None:
+        raise EvalSetError(f"task {ctx.task_name!r} uses clip_score but names no CLIP model")
+    scorer = get_clip_scorer(ctx.clip_model, ctx.clip_pretrained, device=ctx.device, prefix=ctx.clip_prefix)
     # The Evaluator's items and images never change, so their embeddings are computed once.
     cache = ctx.extras.setdefault("clip_image_cache", {})
-    keys = [(scorer.spec, ctx.task.name, it.id) for it in items]
+    keys = [(scorer.spec, ctx.task_name, it.id) for it in items]
     if all(k in cache for k in keys):
         images = [None] * len(items)
     else:
-        images = [ctx.task.load_image(it) for it in items]
+        if ctx.load_image is None:
+            raise EvalSetError(f"task {ctx.task_name!r} uses clip_score but the scoring context cannot load images")
+        images = [ctx.load_image(it) for it in items]
     return [{"clip_score": v} for v in scorer.scores(images, list(preds), keys=keys, cache=cache)]
 
 
-METRICS: dict[str, MetricSpec] = {
-    m.name: m
-    for m in (
-        MetricSpec("rouge_ja", ("rougeL",), "ROUGE-L F x 100 on MeCab tokens, non-Japanese answers to Japanese references count as empty", _rouge_ja),
-        MetricSpec("rouge", ("rougeL",), "ROUGE-L F x 100 with rouge_score's default (English) tokenizer", _rouge),
-        MetricSpec("exact_match", ("exact_match",), "100 if the prediction equals a reference after NFKC, case, space and punctuation normalisation", _exact_match),
-        MetricSpec("concepts", ("concepts",), "percentage of the item's concept strings present in the prediction", _concepts),
-        MetricSpec("math_answer", ("accuracy", "accuracy_in_language"), "final-number accuracy, and the same counting only replies in the task's language", _math_answer),
-        MetricSpec("clip_score", ("clip_score",), "CLIPScore: 100 * 2.5 * max(cos(image, text), 0) with an open_clip model", _clip_score),
-    )
+_SCORERS: dict[str, ScoreFn] = {
+    "rouge_ja": _rouge_ja, "rouge": _rouge, "exact_match": _exact_match, "concepts": _concepts,
+    "math_answer": _math_answer, "clip_score": _clip_score,
 }
-
-
-def metric_keys(metric_names: Sequence[str]) -> list[str]:
-    """Score names a task produces, in order; two metrics producing the same name are an error."""
-    keys: list[str] = []
-    for name in metric_names:
-        for key in METRICS[name].keys:
-            if key in keys:
-                from vlmmerge.errors import EvalSetError
-
-                raise EvalSetError(f"metrics {list(metric_names)} both produce {key!r}; use only one of them")
-            keys.append(key)
-    return keys
+METRICS: dict[str, MetricSpec] = {
+    name: MetricSpec(name, keys, description, _SCORERS[name]) for name, (keys, description) in METRIC_TABLE.items()
+}

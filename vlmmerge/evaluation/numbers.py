@@ -4,7 +4,8 @@ The reference recipe takes the last number in the reply with a regex that reads 
 drops minus signs. Here, after Unicode NFKC (full-width digits and "，" become ASCII):
   - thousands separators are read: "1,000", "1，000", "12,345,678" (groups of exactly 3 digits);
   - a minus sign ("-", "−", "－", "マイナス") makes a number negative when it stands before the
-    digits and is not a subtraction (not preceded by an ASCII letter, digit or closing bracket);
+    digits and is not a subtraction (not preceded by an ASCII letter, digit or closing bracket;
+    a sign at the very start of the text, "-5", is always a minus);
   - decimals ("3.5"), fractions written a/b ("3/4"), percentages ("50%" -> 50);
   - Japanese multipliers directly after digits: 千, 万, 億, 兆 ("3万" -> 30000, "1万2000" -> 12000);
   - if the reply marks its answer ("#### 12", "\\boxed{12}", "答えは12", "答え：12", "Answer: 12",
@@ -46,6 +47,11 @@ def _prepare(text: str) -> str:
     return unicodedata.normalize("NFKC", text or "").translate(_MINUS_CHARS)
 
 
+def _ends_operand(ch: str) -> bool:
+    """A minus right after ``ch`` is a subtraction ("10-3", "x-1", "(2)-1"); after nothing it is a sign."""
+    return ch != "" and ch.isascii() and (ch.isalnum() or ch in ")]}")
+
+
 def find_numbers(text: str) -> list[FoundNumber]:
     """All numbers in ``text`` in reading order (positions refer to the NFKC-normalised text)."""
     text = _prepare(text)
@@ -56,7 +62,7 @@ def find_numbers(text: str) -> list[FoundNumber]:
         sign = m.group("sign")
         if sign:
             before = text[start - 1] if start else ""
-            if sign.startswith("マイナス") or not (before.isascii() and (before.isalnum() or before in ")]}")):
+            if sign.startswith("マイナス") or not _ends_operand(before):
                 negative = True
             else:
                 start = m.start("int")

@@ -1,4 +1,5 @@
-"""EvalResult: scores, confidence intervals and per-item samples; saved atomically."""
+"""EvalResult: scores, confidence intervals and per-item samples, as plain data (read back with
+``EvalResult.load``; written by ``report.save_result``), and the atomic folder writer both use."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,21 +54,6 @@ class EvalResult:
             "meta": self.meta,
         }
 
-    def save(self, out_dir: str | os.PathLike, title: str | None = None) -> Path:
-        """Write scores.json, samples.jsonl, scores.md and report.html (images embedded)."""
-        from vlmmerge.evaluation.report import render_html, render_markdown
-
-        def write(tmp: Path) -> None:
-            (tmp / "scores.json").write_text(json.dumps(_jsonable(self.to_json()), ensure_ascii=False, indent=2) + "\n",
-                                             encoding="utf-8")
-            with (tmp / "samples.jsonl").open("w", encoding="utf-8") as fh:
-                for sample in self.samples:
-                    fh.write(json.dumps(_jsonable(sample), ensure_ascii=False) + "\n")
-            (tmp / "scores.md").write_text(render_markdown(self, title=title), encoding="utf-8")
-            (tmp / "report.html").write_text(render_html(self, title=title), encoding="utf-8")
-
-        return write_atomically(out_dir, write)
-
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "EvalResult":
         """Read a saved result back (images are referenced by the paths stored in samples)."""
@@ -104,16 +89,17 @@ def write_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None]) 
     """Run ``write(tmp_dir)``, then move its files into ``out_dir``: a new folder is renamed into
     place whole; into an existing folder each file is moved with an atomic replace. On error
     nothing is left behind."""
+    from vlmmerge.checkpoint.output import fsync_tree, new_sibling, publish, recover_siblings
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
+    recover_siblings(out)
+    tmp = new_sibling(out, "tmp", create=True)
     try:
         write(tmp)
+        fsync_tree(tmp)
         if not out.exists():
-            os.replace(tmp, out)
+            publish(tmp, out)
             return out
         if not out.is_dir():
             raise VlmMergeError(f"output path {out} exists and is not a folder")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from vlmmerge.evaluation.numbers import extract_final_number, format_number, parse_number
-from vlmmerge.evaluation.text import LanguageDetector, get_language_detector, normalize_text
+from vlmmerge.evaluation.text import LanguageDetector, get_language_detector, language_verdict, normalize_text
 from vlmmerge.errors import VlmMergeError
 
 References = Sequence[str] | str
@@ -61,9 +61,11 @@ def _as_list(refs: References) -> list[str]:
 def apply_language_gate(prediction: str, references: References, language: str,
                         detector: LanguageDetector | str | None = None) -> str:
     """The reference recipe's gate: when a reference is in ``language`` and the prediction is
-    not, the prediction counts as empty."""
+    not, the prediction counts as empty. A prediction with no letters ("3", "7 + 1 = 8") has no
+    language and passes."""
     det = get_language_detector(detector)
-    if any(det.is_language(r, language) for r in _as_list(references)) and not det.is_language(prediction, language):
+    if (any(language_verdict(r, language, det) for r in _as_list(references))
+            and language_verdict(prediction, language, det) is False):
         return ""
     return prediction
 
@@ -124,8 +126,8 @@ def concept_scores(predictions: Sequence[str], concepts: Sequence[Sequence[str]]
 def math_answer_scores(predictions: Sequence[str], answers: Sequence[str | int | float], *, language: str = "ja",
                        detector: LanguageDetector | str | None = None) -> list[dict]:
     """Per item: ``accuracy`` (100 if the reply's final number equals the answer),
-    ``accuracy_in_language`` (also requires the reply to be written in ``language``), and the
-    extracted number."""
+    ``accuracy_in_language`` (also requires the reply to be written in ``language``; a reply with
+    no letters, such as "7 + 1 = 8", is language-neutral and passes), and the extracted number."""
     _check_lengths(predictions, answers)
     det = get_language_detector(detector)
     out = []
@@ -135,7 +137,7 @@ def math_answer_scores(predictions: Sequence[str], answers: Sequence[str | int |
             raise VlmMergeError(f"math reference answer {answer!r} contains no number")
         got = extract_final_number(pred or "")
         correct = got is not None and got == gold
-        in_language = det.is_language(pred or "", language)
+        in_language = language_verdict(pred or "", language, det) is not False
         out.append({
             "accuracy": 100.0 if correct else 0.0,
             "accuracy_in_language": 100.0 if (correct and in_language) else 0.0,
@@ -147,9 +149,4 @@ def math_answer_scores(predictions: Sequence[str], answers: Sequence[str | int |
 def _check_lengths(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
         raise VlmMergeError(f"{len(a)} predictions but {len(b)} references")
-
-
-def mean(values: Sequence[float | None]) -> float:
-    vals = [v for v in values if v is not None]
-    return float(sum(vals) / len(vals)) if vals else float("nan")
 

@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals over per-item scores (percentile bootstrap, fixed seed)."""
+"""Summaries of per-item scores: means, bootstrap confidence intervals (percentile bootstrap,
+fixed seed), paired differences."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ import numpy as np
 
 def _clean(values: Sequence[float | None]) -> np.ndarray:
     return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+
+
+def mean(values: Sequence[float | None]) -> float:
+    """Mean of the items that apply (``None`` is left out); NaN when none do."""
+    vals = [v for v in values if v is not None]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def summarize(key: str, values: Sequence[float | None], *, per_item: bool = False, ci: bool = False) -> dict:
+    """An `evaluate` module's result for one score: ``{key: mean}``, plus ``{key}_ci`` (95% bootstrap
+    interval) and ``{key}_per_item`` (the values as given) when asked for."""
+    out: dict = {key: mean(values)}
+    if ci:
+        out[f"{key}_ci"] = bootstrap_ci(values)
+    if per_item:
+        out[f"{key}_per_item"] = list(values)
+    return out
 
 
 def bootstrap_ci(values: Sequence[float | None], n: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:

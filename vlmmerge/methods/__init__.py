@@ -4,6 +4,7 @@ Semantics follow mergekit 0.1.5 (see README.md in this folder for the deliberate
 """
 
 from vlmmerge.methods.interpolation import karcher, linear, model_stock, nuslerp, nuslerp_merge, slerp
+from vlmmerge.methods.masks import draw_uniforms, mask_generators, mask_seed
 from vlmmerge.methods.registry import METHODS, MergeMethod, get_method
 from vlmmerge.methods.sparsify import (
     RESCALE_NORMS,
@@ -45,11 +46,14 @@ __all__ = [
     "della_keep_probabilities",
     "della_linear",
     "della_sparsify",
+    "draw_uniforms",
     "elect_sign",
     "generalized_task_arithmetic",
     "get_method",
     "karcher",
     "linear",
+    "mask_generators",
+    "mask_seed",
     "model_stock",
     "nuslerp",
     "nuslerp_merge",

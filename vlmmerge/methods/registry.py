@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from vlmmerge.errors import IncompatibleModelsError, RecipeError
 from vlmmerge.methods import interpolation, task_vectors
+from vlmmerge.methods.masks import Generators
 from vlmmerge.methods.sparsify import RESCALE_NORMS
 
 # Per-model recipe parameter -> keyword (a list, one value per model) of the pure function.
@@ -55,19 +55,32 @@ class MergeMethod:
     def takes_base(self) -> bool:
         return self.needs_base if self.accepts_base is None else self.accepts_base
 
+    def check_model_count(self, count: int) -> None:
+        """RecipeError unless this method merges `count` models (the base included)."""
+        if self.min_models <= count and (self.max_models is None or count <= self.max_models):
+            return
+        if self.max_models is None:
+            expected = f"at least {self.min_models}"
+        elif self.max_models == self.min_models:
+            expected = f"exactly {self.min_models}"
+        else:
+            expected = f"{self.min_models} to {self.max_models}"
+        raise RecipeError(f"merge_method {self.name}: merges {expected} models (base included), got {count}")
+
     def merge(
         self,
         base: Tensor | None,
         tensors: Sequence[Tensor],
         model_params: Sequence[Mapping[str, float]],
         global_params: Mapping[str, Any],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Tensor:
         """Validate parameter names and model counts, fill defaults, run the pure function.
 
         `tensors` excludes the base model for methods that take one. `model_params[i]` holds the
-        per-model parameters of `tensors[i]`. A random method draws from `generator` (torch's
-        global generator when None).
+        per-model parameters of `tensors[i]`. A random method draws `tensors[i]`'s mask from
+        `generator[i]` when given one generator per model, from one shared `generator` in model
+        order otherwise (torch's global generator when None).
         """
         self._check_models(base, tensors, model_params)
         kwargs = self.resolve_global_params(global_params)
@@ -128,17 +141,7 @@ class MergeMethod:
             raise RecipeError(
                 f"method {self.name!r}: {len(tensors)} tensors but {len(model_params)} per-model parameter sets"
             )
-        count = len(tensors) + (1 if base is not None else 0)
-        if count < self.min_models or (self.max_models is not None and count > self.max_models):
-            if self.max_models is None:
-                expected = f"at least {self.min_models}"
-            elif self.max_models == self.min_models:
-                expected = f"exactly {self.min_models}"
-            else:
-                expected = f"{self.min_models} to {self.max_models}"
-            raise RecipeError(
-                f"method {self.name!r} merges {expected} models (base included), got {count}"
-            )
+        self.check_model_count(len(tensors) + (1 if base is not None else 0))
         shapes = [tuple(t.shape) for t in ([base] if base is not None else []) + list(tensors)]
         if any(shape != shapes[0] for shape in shapes):
             raise IncompatibleModelsError(f"method {self.name!r}: tensor shapes differ: {shapes}")

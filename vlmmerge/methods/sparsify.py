@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods.masks import dare_mask, draw_uniforms  # noqa: F401  (dare_mask: re-exported)
 
 # Below this many elements `torch.kthvalue` on the whole tensor is already cheap.
 _DIRECT_SELECT_MAX = 1 << 20
@@ -276,21 +277,6 @@ def trim_outliers(
     return _apply_keep_mask(delta, keep, rescale_norm)
 
 
-def dare_mask(
-    shape: torch.Size | tuple[int, ...],
-    density: float,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Boolean keep-mask with P(keep) = density, drawn from `generator` (default: torch's global).
-
-    Draws exactly the uniforms `torch.bernoulli(torch.full(shape, density))` draws, so the same
-    generator state gives mergekit's mask.
-    """
-    uniforms = torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
-    return torch.lt(uniforms, density, out=torch.empty(shape, dtype=torch.bool, device=device))
-
-
 def dare_sparsify(
     delta: Tensor,
     density: float,
@@ -302,8 +288,9 @@ def dare_sparsify(
 
     `rescale_norm` "l1" (mergekit 0.1.5) matches the L1 norm of the delta; "probability" divides
     by the density (the paper's unbiased 1/(1-p)); None keeps the survivors as they are.
-    The mask is `dare_mask(delta.shape, density, generator)`. density >= 1 returns `delta`
-    untouched and draws nothing. Modifies `delta` in place.
+    The mask is `dare_mask(delta.shape, density, generator)`, drawn on the generator's device
+    (see `masks.draw_uniforms`). density >= 1 returns `delta` untouched and draws nothing.
+    Modifies `delta` in place.
     """
     if density >= 1:
         return delta
@@ -314,11 +301,7 @@ def dare_sparsify(
         before = _norm_of(delta, rescale_norm, scratch)
     # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
     # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
-    if scratch is not None and scratch.dtype == torch.float32:
-        keep = torch.rand(delta.shape, generator=generator, out=scratch)
-    else:
-        keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32, device=delta.device)
-    keep = keep.lt_(density)
+    keep = draw_uniforms(delta.shape, generator, delta.device, out=scratch).lt_(density)
     if rescale_norm == "probability":
         if density <= 0:
             return delta.zero_()
@@ -379,12 +362,8 @@ def della_sparsify(
     magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
     probabilities = della_keep_probabilities(magnitudes, density, epsilon)
     del magnitudes
-    if scratch is not None and scratch.dtype == torch.float32:
-        uniforms = torch.rand(probabilities.shape, generator=generator, out=scratch.view(probabilities.shape))
-    else:
-        uniforms = torch.rand(probabilities.shape, generator=generator, dtype=torch.float32, device=delta.device)
-    keep = uniforms.lt_(probabilities)
-    del uniforms
+    out = scratch.view(probabilities.shape) if scratch is not None else None
+    keep = draw_uniforms(probabilities.shape, generator, delta.device, out=out).lt_(probabilities)
     if rescale_norm == "probability":
         return delta.mul_(keep).div_(probabilities)
     del probabilities

@@ -14,6 +14,11 @@ All share one shape (mergekit's "generalized task arithmetic"):
 The base model's own weight or density (if the recipe lists it among the models) plays no part:
 its delta is zero and it never enters the divisor (mergekit binds those parameters to non-base
 models only).
+
+Random drops (DARE, DELLA) take `generator`: one generator that every model draws from in turn
+(mergekit's stream: a model with density >= 1 draws nothing, which shifts the later models'
+masks), a sequence of one generator per model (what the engine passes: each mask depends on its
+own model only, see `masks.py`), or None for torch's global generator.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods.masks import Generators, generator_for
 from vlmmerge.methods.sparsify import (
     dare_sparsify,
     della_sparsify,
@@ -193,7 +199,7 @@ def _dare(
     finetuned: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator | None,
+    generator: Generators,
     rescale: bool,
     normalize: bool,
     lambda_: float,
@@ -204,7 +210,9 @@ def _dare(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i, scratch: dare_sparsify(delta, densities[i], generator, norm, scratch),
+        sparsify=lambda delta, i, scratch: dare_sparsify(
+            delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch
+        ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 
@@ -214,7 +222,7 @@ def dare_linear(
     finetuned: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     rescale: bool = True,
     normalize: bool = False,
     lambda_: float = 1.0,
@@ -229,7 +237,7 @@ def dare_ties(
     finetuned: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     rescale: bool = True,
     normalize: bool = False,
     lambda_: float = 1.0,
@@ -297,7 +305,7 @@ def _della(
     weights: Sequence[float],
     densities: Sequence[float],
     epsilons: Sequence[float] | None,
-    generator: torch.Generator | None,
+    generator: Generators,
     rescale: bool,
     normalize: bool,
     lambda_: float,
@@ -310,7 +318,7 @@ def _della(
     return generalized_task_arithmetic(
         base, finetuned, weights,
         sparsify=lambda delta, i, scratch: della_sparsify(
-            delta, densities[i], epsilons[i], generator, norm, scratch
+            delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch
         ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
@@ -322,7 +330,7 @@ def della(
     weights: Sequence[float],
     densities: Sequence[float],
     epsilons: Sequence[float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     rescale: bool = True,
     normalize: bool = True,
     lambda_: float = 1.0,
@@ -338,7 +346,7 @@ def della_linear(
     weights: Sequence[float],
     densities: Sequence[float],
     epsilons: Sequence[float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     rescale: bool = True,
     normalize: bool = False,
     lambda_: float = 1.0,

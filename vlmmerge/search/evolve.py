@@ -4,17 +4,15 @@ Run folder layout:
     evolve-recipe.yaml   the recipe that defined the run (a re-run must use the same one)
     journal.jsonl        every evaluation (cma and random), appended as it happens; the resume point
     best-recipe.yaml     the best genome as a static recipe (`vlmmerge merge best-recipe.yaml OUT`)
-    best-model/          that recipe merged to disk
+    best-model/          that recipe merged to disk: exactly the tensors that were scored (recipe dtype)
     fitness.png          best-so-far and population fitness per generation
-    test/                per-model test-split results and the comparison report (report.md/html)
+    test/                the comparison report (comparison.md/html/json) and models/<slug>/ per model
     summary.json         search space, seeds, best fitness, evaluation counts, timings
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,27 +21,24 @@ from typing import Any
 import numpy as np
 import yaml
 
-from vlmmerge.engine import Source, run_merge
+from vlmmerge.engine import Source, parse_dtype, run_merge
 from vlmmerge.errors import RecipeError, VlmMergeError
 from vlmmerge.recipe import ModelEntry, Recipe, load_recipe
+from vlmmerge.search.files import atomic_write_text, remove_stale_temporaries
+from vlmmerge.search.backends import FitnessBackend, LocalBackend
+from vlmmerge.search.candidates import PSMaterializer
+from vlmmerge.search.fitness import ModelFitness, chosen_metrics, make_evaluator
 from vlmmerge.search.journal import Journal, JournalEntry
-from vlmmerge.search.optimize import best_entry, evaluations_to_reach, run_cma, run_random
-from vlmmerge.search.space import EvolveConfig, FitnessConfig, SearchSpace
+from vlmmerge.search.optimize import best_entry, cma_seed, evaluations_to_reach, nonnegative_seed, run_cma, run_random
+from vlmmerge.search.report import plot_fitness, write_test_report
+from vlmmerge.search.space import EvolveConfig, FitnessConfig, SearchSpace, override_evolve, parse_evolve
 
 
 def resolve_model_ref(ref: str) -> str:
-    """`zoo:NAME` or `zoo:SIZE/NAME` -> the cached miniature-world model (built on first use)."""
-    if not ref.startswith("zoo:"):
-        return ref
-    spec = ref[len("zoo:"):]
-    size, _, name = spec.rpartition("/")
-    from vlmmerge.zoo import ensure_zoo
+    """`zoo:NAME` or `zoo:SIZE/NAME` -> the miniature-world model's folder (see `vlmmerge.zoo.refs`)."""
+    from vlmmerge.zoo.refs import resolve_zoo_ref
 
-    paths = ensure_zoo(size or "demo", 0)
-    try:
-        return str(getattr(paths, name))
-    except AttributeError:
-        raise RecipeError(f"{ref}: the miniature world has no model {name!r}") from None
+    return resolve_zoo_ref(ref)
 
 
 def resolve_refs(recipe: Recipe) -> Recipe:
@@ -62,21 +57,40 @@ def resolve_refs(recipe: Recipe) -> Recipe:
 def split_evolve(recipe: Recipe) -> tuple[Recipe, EvolveConfig]:
     if not recipe.evolve:
         raise RecipeError("recipe has no `evolve:` section")
-    try:
-        config = EvolveConfig.model_validate(recipe.evolve)
-    except Exception as exc:
-        raise RecipeError(f"evolve: {exc}") from None
-    return recipe.model_copy(update={"evolve": None}), config
+    return recipe.model_copy(update={"evolve": None}), parse_evolve(recipe.evolve)
+
+
+def apply_overrides(
+    recipe: Recipe, evolve: dict[str, Any] | None = None, device: str | None = None, dtype: str | None = None
+) -> Recipe:
+    """Command-line overrides (`--budget`, `--seed`, `--device`, `--dtype`) written into the recipe,
+    so the run folder's recipe copy records what the journal's numbers were computed with."""
+    update: dict[str, Any] = {}
+    if evolve:
+        update["evolve"] = override_evolve(recipe.evolve or {}, evolve)
+    if device is not None:
+        update["options"] = recipe.options.model_copy(update={"device": device})
+    if dtype is not None:
+        parse_dtype(dtype, "--dtype")
+        update.update(dtype=dtype, out_dtype=None)
+    return recipe.model_copy(update=update)
 
 
 def count_layers_offline(recipe: Recipe, config: EvolveConfig) -> int | None:
-    if config.num_layers:
-        return config.num_layers
-    if config.granularity == "model":
+    """Decoder layers of the host (else of any model) without reading weights or building anything."""
+    if config.space.num_layers:
+        return config.space.num_layers
+    if config.space.granularity == "model":
         return 1
     from transformers import AutoConfig
 
-    for ref in recipe.model_refs:
+    from vlmmerge.zoo.refs import is_zoo_ref, zoo_ref_num_layers
+
+    for ref in dict.fromkeys([recipe.host or "", *recipe.model_refs]):
+        if not ref:
+            continue
+        if is_zoo_ref(ref):
+            return zoo_ref_num_layers(ref)
         try:
             cfg = AutoConfig.from_pretrained(ref)
         except Exception:
@@ -86,12 +100,12 @@ def count_layers_offline(recipe: Recipe, config: EvolveConfig) -> int | None:
     return None
 
 
-def dry_run(recipe_path: str | Path) -> dict[str, Any]:
-    """Validate a recipe and size its search without reading any weights."""
+def dry_run(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a recipe and size its search without reading any weights (nor building the zoo)."""
     from vlmmerge.engine import validate_parameter_names
     from vlmmerge.methods import get_method
 
-    template, config = split_evolve(load_recipe(recipe_path))
+    template, config = split_evolve(apply_overrides(load_recipe(recipe_path), overrides))
     method = get_method(template.merge_method)
     if method.needs_base and not template.base_model:
         raise RecipeError(f"base_model: merge_method {method.name} needs a `base_model`")
@@ -105,22 +119,10 @@ def dry_run(recipe_path: str | Path) -> dict[str, Any]:
     return {"recipe": str(recipe_path), "merge_method": method.name, "models": template.model_refs, **space.describe()}
 
 
-def weighted_fitness(result, fitness: FitnessConfig) -> tuple[float, dict[str, Any]]:
-    total, weights = 0.0, 0.0
-    for ref in fitness.tasks:
-        name = task_name(ref.task)
-        metric = ref.metric or result.primary_metrics[name]
-        total += ref.weight * result.scores[name][metric]
-        weights += ref.weight
-    return total / weights, {"scores": result.scores}
-
-
-def task_name(task: str) -> str:
-    return Path(task).name if ("/" in task or Path(task).exists()) else task
-
-
 @dataclass
 class EvolveRun:
+    """One evolve run: the search space, the live model (recipe dtype and device) and its evaluators."""
+
     template: Recipe
     config: EvolveConfig
     out_dir: Path
@@ -135,45 +137,37 @@ class EvolveRun:
         host = choose_host(self.template, sources)
         self.host_ref = host.ref
         self.space = SearchSpace(self.template, self.config, host.anatomy.num_layers)
+        # tasks are loaded (and checked) before anything is written or any model is loaded
+        self.fitness_evaluator = self.evaluator(self.config.fitness)
+        self.test_evaluator = self.evaluator(self.config.test, split="test") if self.config.test else None
 
     def start_live(self):
+        """The live model, in the dtype `vlmmerge merge` writes for the template, on `options.device`."""
         if self.live is None:
             from vlmmerge.live import LiveMerge
 
-            self.live = LiveMerge(self.template.model_refs, self.host_ref)
+            self.live = LiveMerge(
+                self.template.model_refs, self.host_ref, device=self.template.options.device,
+                dtype=parse_dtype(self.template.output_dtype),
+            )
         return self.live
 
     def evaluator(self, fitness: FitnessConfig, split: str | None = None):
-        from vlmmerge.evaluation import Evaluator, load_task
+        return make_evaluator(fitness, nonnegative_seed(self.config.seed), split)
 
-        tasks = [load_task(t.local_path or t.task) for t in fitness.tasks]
-        return Evaluator(
-            tasks,
-            split=split or fitness.split,
-            limit=fitness.limit,
-            batch_size=fitness.batch_size,
-            seed=self.config.seed,
-            progress=False,
-            compute_ci=split == "test",
-        )
+    def backend(self) -> FitnessBackend:
+        """Parameter-space candidates merged into the live model, scored one after another here."""
+        materializer = PSMaterializer(self.start_live(), self.space)
+        return LocalBackend(ModelFitness(materializer, self.fitness_evaluator, self.config.fitness), self.space)
 
-    def fitness_fn(self):
-        live = self.start_live()
-        evaluator = self.evaluator(self.config.fitness)
-
-        def evaluate(genome: np.ndarray) -> tuple[float, dict[str, Any]]:
-            live.apply(self.space.to_recipe(genome))
-            result = evaluator.evaluate(live.model, live.processor)
-            return weighted_fitness(result, self.config.fitness)
-
-        return evaluate
-
-    def search(self) -> dict[str, list[JournalEntry]]:
+    def search(self, retry_failed: bool = False, backend: FitnessBackend | None = None) -> dict[str, list[JournalEntry]]:
         journal = Journal(self.out_dir / "journal.jsonl")
-        fitness = self.fitness_fn()
-        runs = {"cma": (run_cma if self.config.optimizer == "cma" else run_random)(self.space, fitness, journal, self.progress)}
-        if self.config.compare_random and self.config.optimizer == "cma":
-            runs["random"] = run_random(self.space, fitness, journal, self.progress)
+        backend = backend or self.backend()
+        settings = self.config.search
+        optimizer = run_cma if settings.optimizer == "cma" else run_random
+        runs = {"cma": optimizer(self.space, backend, journal, self.progress, retry_failed)}
+        if settings.compare_random and settings.optimizer == "cma":
+            runs["random"] = run_random(self.space, backend, journal, self.progress, retry_failed)
         return runs
 
     def comparison_recipes(self, best: Recipe) -> dict[str, Recipe]:
@@ -183,7 +177,7 @@ class EvolveRun:
         for ref in dict.fromkeys(e.model for e in template.models):
             recipes[f"source: {Path(ref).name}"] = Recipe(
                 merge_method="linear", models=[ModelEntry(model=ref, parameters={"weight": 1.0})], host=self.host_ref,
-                dtype=template.dtype, seed=template.seed,
+                dtype=template.output_dtype, seed=template.seed, options=template.options,
             )
         searched = self.space.models
         for baseline in self.config.baselines:
@@ -196,43 +190,66 @@ class EvolveRun:
         recipes["evolved"] = best
         return recipes
 
+    def evaluate_comparisons(self, best: Recipe) -> tuple[dict[str, Any], dict[str, str | None]]:
+        """Test-split results of every comparison model, each materialised in the live model (the
+        tensors `vlmmerge merge` writes for its recipe), and the metric each test task names."""
+        evaluator = self.test_evaluator
+        live = self.start_live()
+        results = {}
+        for name, recipe in self.comparison_recipes(best).items():
+            model, processor = live.materialize(recipe)
+            results[name] = evaluator.evaluate(model, processor, model_name=name)
+        return results, chosen_metrics(self.config.test.tasks, evaluator.tasks)
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmMergeError(f"options.device / --device: {device!r} requested but CUDA is not available")
 
 
-def run_evolution(
-    recipe_path: str | Path, out_dir: str | Path, progress: bool = True, overrides: dict[str, Any] | None = None,
-    save_model: bool = True,
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    raw = load_recipe(recipe_path)
-    if overrides:
-        raw = raw.model_copy(update={"evolve": {**(raw.evolve or {}), **overrides}})
-    template, config = split_evolve(resolve_refs(raw))
+def claim_run_folder(out_dir: Path, raw: Recipe) -> None:
+    """Record the run's recipe (overrides included); refuse a folder that holds another run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe_copy = out_dir / "evolve-recipe.yaml"
     recipe_text = yaml.safe_dump(raw.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
     if recipe_copy.exists() and recipe_copy.read_text(encoding="utf-8") != recipe_text:
-        raise VlmMergeError(f"{out_dir} holds a run of a different recipe; choose another --out")
-    recipe_copy.write_text(recipe_text, encoding="utf-8")
+        raise VlmMergeError(
+            f"{out_dir} holds a run of a different recipe (or other --budget/--seed/--device/--dtype); "
+            "choose another --out"
+        )
+    remove_stale_temporaries(out_dir)
+    atomic_write_text(recipe_copy, recipe_text)
 
+
+def run_evolution(
+    recipe_path: str | Path, out_dir: str | Path, progress: bool = True, overrides: dict[str, Any] | None = None,
+    save_model: bool = True, device: str | None = None, dtype: str | None = None, retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Search, then write the run folder. `overrides` replace `evolve:` keys; `device`/`dtype` the
+    recipe's `options.device`/`dtype`; `retry_failed` re-evaluates the journal's failed candidates."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    raw = apply_overrides(load_recipe(recipe_path), overrides, device, dtype)
+    template, config = split_evolve(resolve_refs(raw))
+    check_device(template.options.device)
     run = EvolveRun(template, config, out_dir, progress)
-    runs = run.search()
+    claim_run_folder(out_dir, raw)
+    runs = run.search(retry_failed)
     best = best_entry(runs["cma"])
     best_recipe = run.space.to_recipe(np.asarray(best.genome))
-    (out_dir / "best-recipe.yaml").write_text(best_recipe.to_yaml(), encoding="utf-8")
+    atomic_write_text(out_dir / "best-recipe.yaml", best_recipe.to_yaml())
     if save_model:
         run_merge(best_recipe, out_dir / "best-model", overwrite=True, progress=progress)
 
-    from vlmmerge.search.report import plot_fitness, write_test_report
-
-    plot_fitness(runs, run.space.config.population_size(run.space.dimension), out_dir / "fitness.png")
+    plot_fitness(runs, config.population_size(run.space.dimension), out_dir / "fitness.png")
     summary: dict[str, Any] = {
         "recipe": str(recipe_path),
         "seed": config.seed,
-        "cma_seed": config.seed + 1,
+        "cma_seed": cma_seed(config.seed),
+        "dtype": str(run.start_live().dtype).removeprefix("torch."),  # of the scored and the written model
+        "device": template.options.device,
         "space": run.space.describe(),
         "best": {"index": best.index, "fitness": best.fitness, "params": best.params, "genome": best.genome},
         "evaluations": {name: len(entries) for name, entries in runs.items()},
@@ -245,11 +262,8 @@ def run_evolution(
         summary["cma_evaluations_to_reach_random_best"] = reach
         summary["cma_reaches_random_best_in_half_budget"] = reach is not None and reach <= len(runs["random"]) / 2
     if config.test is not None:
-        summary["test"] = write_test_report(run, best_recipe, out_dir / "test")
+        results, metrics = run.evaluate_comparisons(best_recipe)
+        summary["test"] = write_test_report(results, metrics, nonnegative_seed(config.seed), out_dir / "test")
     summary["seconds"] = time.perf_counter() - started
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     return summary
-
-
-def finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

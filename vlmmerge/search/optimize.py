@@ -1,59 +1,62 @@
-"""Ask/tell search loops (CMA-ES via `cma`, and a random-search baseline) with journal replay.
+"""One ask/tell search loop (CMA-ES via `cma`, and a random-search baseline) with journal replay.
 
-Both loops are deterministic for a seed, so a resumed run replays journaled evaluations instead of
-re-running them and reaches exactly the state of an uninterrupted run: the optimizer asks the same
-genomes, gets the same fitness values from the journal, and continues from there.
+Both strategies are deterministic for a seed, so a resumed run replays journaled evaluations instead
+of re-running them and reaches exactly the state of an uninterrupted run: the optimizer asks the same
+genomes, gets the same fitness values from the journal, and continues from there. Results are keyed
+by (optimizer, index), so a backend may answer a population in any order. CMA-ES draws
+from a generator of its own (nothing an evaluation does to `np.random` moves it), and every seed,
+-1 included, maps to a fixed cma seed (never cma's "seed from the clock").
 """
 
 from __future__ import annotations
 
-import math
-import time
-import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.search.backends import FitnessBackend, as_backend
+from vlmmerge.search.candidates import FAILED, Candidate, FitnessFn
 from vlmmerge.search.journal import Journal, JournalEntry
-from vlmmerge.search.space import SearchSpace
+from vlmmerge.search.space import OptimizerConfig, SearchSpace
 
-# fitness function: genome -> (fitness to maximise, per-task scores, decoded parameters)
-FitnessFn = Callable[[np.ndarray], tuple[float, dict[str, Any]]]
-
-FAILED = float("-inf")
+__all__ = [
+    "FAILED", "FitnessFn", "best_entry", "cma_seed", "evaluations_to_reach", "nonnegative_seed", "run_cma", "run_random",
+    "run_search",
+]
 
 
 def cma_seed(seed: int) -> int:
-    """`cma` treats seed 0 as 'seed from the clock'; shift so that every recipe seed is reproducible."""
-    return seed + 1
+    """A recipe seed as a seed `cma` uses: in [1, 2**32 - 1] (cma reads 0 as 'seed from the clock').
+    Seeds 0 .. 2**32 - 2 map to seed + 1; negative seeds wrap around, deterministically."""
+    return seed % (2**32 - 1) + 1
 
 
-def _evaluate(
-    fitness_fn: FitnessFn, space: SearchSpace, genome: np.ndarray, optimizer: str, index: int, generation: int
-) -> JournalEntry:
-    start = time.perf_counter()
-    error = None
-    try:
-        fitness, scores = fitness_fn(genome)
-        if not math.isfinite(fitness):
-            error, fitness = f"fitness is {fitness}", FAILED
-    except Exception as exc:  # a broken candidate must not end a long run
-        fitness, scores = FAILED, {}
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-    return JournalEntry(
-        optimizer=optimizer,
-        index=index,
-        generation=generation,
-        genome=[float(x) for x in genome],
-        params=space.decode(genome),
-        fitness=float(fitness),
-        scores=scores,
-        seconds=time.perf_counter() - start,
-        error=error,
-    )
+def nonnegative_seed(seed: int) -> int:
+    """A recipe seed for NumPy / torch / bootstrap generators, which need one >= 0 (< 2**64);
+    non-negative seeds are unchanged, negative ones wrap around."""
+    return seed % 2**64
+
+
+class PrivateNumpyRandom:
+    """`cma` samples from NumPy's global generator. Every cma call runs inside `active()`, which
+    swaps in this run's own state and puts the caller's back afterwards: whatever a fitness
+    evaluation draws from `np.random` cannot change the genomes cma asks for."""
+
+    def __init__(self, seed: int):
+        self.state = np.random.RandomState(seed).get_state()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        outside = np.random.get_state()
+        np.random.set_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = np.random.get_state()
+            np.random.set_state(outside)
 
 
 def _replayed(journal: Journal, optimizer: str, index: int, genome: np.ndarray) -> JournalEntry | None:
@@ -70,70 +73,152 @@ def _replayed(journal: Journal, optimizer: str, index: int, genome: np.ndarray) 
 
 def _penalised(values: list[float]) -> list[float]:
     """Failed candidates get a loss worse than every finite one (cma needs finite numbers)."""
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in values if np.isfinite(v)]
     worst = max(finite) if finite else 0.0
-    return [v if math.isfinite(v) else worst + 1e3 + abs(worst) for v in values]
+    return [v if np.isfinite(v) else worst + 1e3 + abs(worst) for v in values]
 
 
-def run_cma(
-    space: SearchSpace, fitness_fn: FitnessFn, journal: Journal, progress: bool = True
+class CmaStrategy:
+    """CMA-ES (`cma`) in the [0, 1] box, drawing from a generator of its own."""
+
+    name = "cma"
+    later_depends = True  # a changed fitness changes every later population
+
+    def __init__(self, space: SearchSpace, settings: OptimizerConfig):
+        import cma
+
+        seed = cma_seed(settings.seed)
+        options = {"seed": seed, "popsize": settings.population_size(space.dimension), "bounds": [0.0, 1.0],
+                   "verbose": -9, "maxfevals": settings.budget}
+        self.rng = PrivateNumpyRandom(seed)
+        with self.rng.active():
+            self.strategy = cma.CMAEvolutionStrategy(space.initial_genome().tolist(), settings.sigma0, options)
+
+    def ask(self) -> list[np.ndarray]:
+        with self.rng.active():
+            return [np.asarray(x) for x in self.strategy.ask()]
+
+    def tell(self, genomes: list[np.ndarray], fitness: list[float]) -> None:
+        with self.rng.active():
+            self.strategy.tell(genomes, _penalised([-f for f in fitness]))
+
+
+class RandomStrategy:
+    """Uniform random genomes, all drawn up front from the run's seed, handed out a population at a time."""
+
+    name = "random"
+    later_depends = False
+
+    def __init__(self, space: SearchSpace, settings: OptimizerConfig):
+        rng = np.random.default_rng(nonnegative_seed(settings.seed))
+        self.genomes = rng.random((settings.budget, space.dimension))
+        self.popsize = settings.population_size(space.dimension)
+        self.asked = 0
+
+    def ask(self) -> list[np.ndarray]:
+        population = list(self.genomes[self.asked : self.asked + self.popsize])
+        self.asked += len(population)
+        return population
+
+    def tell(self, genomes: list[np.ndarray], fitness: list[float]) -> None:
+        pass
+
+
+def _replayed_population(
+    journal: Journal, candidates: list[Candidate], retry_failed: bool
+) -> tuple[dict[int, JournalEntry], list[Candidate]]:
+    """The journaled entries of a population (by index) and the candidates still to evaluate."""
+    done, todo = {}, []
+    for candidate in candidates:
+        entry = _replayed(journal, candidate.optimizer, candidate.index, candidate.genome)
+        if entry is None or (entry.failed and retry_failed):
+            todo.append(candidate)
+        else:
+            done[candidate.index] = entry
+    return done, todo
+
+
+def _record(journal: Journal, entry: JournalEntry, later_depends: bool) -> None:
+    """Journal a new result. A re-evaluated failure (`--retry-failed`) replaces its old line; when that
+    changes its fitness and later populations depend on it, their entries are stale and are dropped
+    in the same atomic rewrite."""
+    old = journal.get(entry.optimizer, entry.index)
+    if old is None:
+        journal.append(entry)
+        return
+    changed = later_depends and entry.fitness != old.fitness
+    journal.replace(entry, drop=lambda e: changed and e.optimizer == entry.optimizer and e.generation > entry.generation)
+
+
+def _collect(backend: FitnessBackend, todo: list[Candidate], journal: Journal, later_depends: bool,
+             on_result: Callable[[JournalEntry], None]) -> dict[int, JournalEntry]:
+    """Evaluate `todo` through the backend, journaling each result as it arrives (in any order)."""
+    expected = {(c.optimizer, c.index) for c in todo}
+    results: dict[int, JournalEntry] = {}
+    for entry in backend.evaluate_many(todo):
+        key = (entry.optimizer, entry.index)
+        if key not in expected or entry.index in results:
+            raise VlmMergeError(f"fitness backend returned {entry.optimizer}#{entry.index}, which was not asked for "
+                                "(or twice)")
+        _record(journal, entry, later_depends)
+        results[entry.index] = entry
+        on_result(entry)
+    missing = [c.index for c in todo if c.index not in results]
+    if missing:
+        raise VlmMergeError(f"fitness backend returned no result for evaluations {missing}")
+    return results
+
+
+def run_search(
+    strategy: CmaStrategy | RandomStrategy, space: SearchSpace, fitness: FitnessFn | FitnessBackend, journal: Journal,
+    budget: int, progress: bool = True, retry_failed: bool = False,
 ) -> list[JournalEntry]:
-    import cma
+    """Ask a population, replay what the journal holds, evaluate the rest through the backend, tell.
 
-    config = space.config
-    popsize = config.population_size(space.dimension)
-    options = {
-        "seed": cma_seed(config.seed),
-        "popsize": popsize,
-        "bounds": [0.0, 1.0],
-        "verbose": -9,
-        "maxfevals": config.budget,
-    }
-    strategy = cma.CMAEvolutionStrategy(space.initial_genome().tolist(), config.sigma0, options)
+    The optimizer is told in the order it asked, whatever order the backend answered in, so the
+    run (and a resumed run) is the same for every backend.
+    """
+    backend = as_backend(fitness, space)
     entries: list[JournalEntry] = []
-    bar = tqdm(total=config.budget, desc="CMA-ES", unit="eval", disable=not progress)
+    bar = tqdm(total=budget, desc="CMA-ES" if strategy.name == "cma" else "random search", unit="eval",
+               disable=not progress)
+
+    def advance(entry: JournalEntry) -> None:
+        bar.update(1)
+        bar.set_postfix(best=f"{max(e.fitness for e in [*entries, entry]):.4g}")
+
     generation = 0
-    while len(entries) < config.budget:
-        genomes = [np.asarray(x) for x in strategy.ask()]
-        losses = []
-        for genome in genomes:
-            if len(entries) >= config.budget:
-                break
-            index = len(entries)
-            entry = _replayed(journal, "cma", index, genome)
-            if entry is None:
-                entry = _evaluate(fitness_fn, space, genome, "cma", index, generation)
-                journal.append(entry)
-            entries.append(entry)
-            losses.append(-entry.fitness)
-            bar.update(1)
-            bar.set_postfix(best=f"{max(e.fitness for e in entries):.4g}")
-        if len(losses) == len(genomes):
-            strategy.tell(genomes, _penalised(losses))
+    while len(entries) < budget:
+        genomes = strategy.ask()
+        asked = genomes[: budget - len(entries)]
+        candidates = [Candidate(strategy.name, len(entries) + i, generation, g) for i, g in enumerate(asked)]
+        done, todo = _replayed_population(journal, candidates, retry_failed)
+        for entry in done.values():
+            advance(entry)
+        done.update(_collect(backend, todo, journal, strategy.later_depends, advance))
+        population = [done[c.index] for c in candidates]
+        entries.extend(population)
+        if len(population) == len(genomes):
+            strategy.tell(genomes, [e.fitness for e in population])
         generation += 1
     bar.close()
     return entries
 
 
-def run_random(
-    space: SearchSpace, fitness_fn: FitnessFn, journal: Journal, progress: bool = True
+def run_cma(
+    space: SearchSpace, fitness: FitnessFn | FitnessBackend, journal: Journal, progress: bool = True,
+    retry_failed: bool = False,
 ) -> list[JournalEntry]:
-    config = space.config
-    rng = np.random.default_rng(config.seed)
-    popsize = config.population_size(space.dimension)
-    genomes = rng.random((config.budget, space.dimension))
-    entries = []
-    bar = tqdm(total=config.budget, desc="random search", unit="eval", disable=not progress)
-    for index, genome in enumerate(genomes):
-        entry = _replayed(journal, "random", index, genome)
-        if entry is None:
-            entry = _evaluate(fitness_fn, space, genome, "random", index, index // popsize)
-            journal.append(entry)
-        entries.append(entry)
-        bar.update(1)
-        bar.set_postfix(best=f"{max(e.fitness for e in entries):.4g}")
-    bar.close()
-    return entries
+    settings = space.config.search
+    return run_search(CmaStrategy(space, settings), space, fitness, journal, settings.budget, progress, retry_failed)
+
+
+def run_random(
+    space: SearchSpace, fitness: FitnessFn | FitnessBackend, journal: Journal, progress: bool = True,
+    retry_failed: bool = False,
+) -> list[JournalEntry]:
+    settings = space.config.search
+    return run_search(RandomStrategy(space, settings), space, fitness, journal, settings.budget, progress, retry_failed)
 
 
 def best_entry(entries: list[JournalEntry]) -> JournalEntry:

@@ -1,11 +1,18 @@
-"""Pictures and tables of an evolve run: the fitness curve and the test-split comparison."""
+"""Pictures and tables of an evolve run: the fitness curve and the test-split comparison.
+
+Pure writers: they get journal entries and evaluation results, and evaluate nothing themselves.
+"""
 
 from __future__ import annotations
 
+import io
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlmmerge.search.files import atomic_write_bytes
 from vlmmerge.search.journal import JournalEntry
 
 
@@ -33,70 +40,45 @@ def plot_fitness(runs: dict[str, list[JournalEntry]], popsize: int, out: Path) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return out
+    return atomic_write_bytes(out, buffer.getvalue())
 
 
-def write_test_report(run, best_recipe, out_dir: Path) -> dict[str, Any]:
-    """Evaluate sources, untuned baselines and the evolved merge on the test split; write the report."""
-    from vlmmerge.evaluation import paired_bootstrap_diff, write_comparison_report
+def write_test_report(results: Mapping[str, Any], metrics: Mapping[str, str | None], seed: int, out_dir: Path) -> dict[str, Any]:
+    """The test-split comparison of already evaluated models (one must be "evolved"); returns its summary.
 
-    config = run.config
-    evaluator = run.evaluator(config.test, split="test")
-    live = run.start_live()
-    results = {}
-    for name, recipe in run.comparison_recipes(best_recipe).items():
-        live.apply(recipe)
-        results[name] = evaluator.evaluate(live.model, live.processor, model_name=name)
-    write_comparison_report(results, out_dir, title="Evolved merge vs sources and untuned baselines (test split)")
+    `metrics`: task name -> the metric the recipe's test section names (None: the task's primary).
+    The report's one paired-difference table (evolved minus each other model, on that metric) and
+    the summary's `evolved_vs` are the same computation. Each model's full result (scores, samples
+    with predictions) goes to `models/<slug>/`.
+    """
+    from vlmmerge.evaluation import save_result, write_comparison_report
+    from vlmmerge.evaluation.report import paired_differences
+
     evolved = results["evolved"]
-    from vlmmerge.search.evolve import task_name
-
-    # the metric a test task names in the recipe (e.g. accuracy_in_language), else the task's primary
-    chosen = {task_name(ref.task): ref.metric for ref in config.test.tasks if ref.metric}
+    chosen = {task: metrics.get(task) or evolved.primary_metrics[task] for task in evolved.scores}
+    pairs = [("evolved", name) for name in results if name != "evolved"]
+    differences = paired_differences(results, pairs, chosen, seed=seed)
+    write_comparison_report(results, out_dir, title="Evolved merge vs sources and untuned baselines (test split)",
+                            differences=differences)
+    for name, result in results.items():
+        save_result(result, out_dir / "models" / slug(name), title=f"{name} (test split)")
     summary: dict[str, Any] = {"report": str(out_dir / "comparison.html"), "scores": {}, "evolved_vs": {}}
-    for task in evolved.scores:
-        metric = chosen.get(task) or evolved.primary_metrics[task]
+    for task, metric in chosen.items():
         summary["scores"][task] = {
             name: {"value": r.scores[task][metric], "ci": r.ci.get(task, {}).get(metric), "metric": metric}
             for name, r in results.items()
         }
-        comparisons = {}
-        for name, other in results.items():
-            if name == "evolved":
-                continue
-            diff = paired_bootstrap_diff(
-                evolved.per_item(task, metric), other.per_item(task, metric), seed=config.seed
-            )
-            comparisons[name] = {"diff": diff.mean_diff, "ci": [diff.lo, diff.hi], "significant": diff.lo > 0}
-        summary["evolved_vs"][task] = comparisons
-        summary.setdefault("beats_all", {})[task] = all(c["significant"] for c in comparisons.values())
-    _append_evolved_section(out_dir, summary)
+        summary["evolved_vs"][task] = {}
+    for d in differences:
+        summary["evolved_vs"][d.task][d.other] = {"diff": d.diff.mean_diff, "ci": [d.diff.lo, d.diff.hi],
+                                                  "significant": d.better}
+    summary["beats_all"] = {task: all(c["significant"] for c in by_other.values())
+                            for task, by_other in summary["evolved_vs"].items()}
     return summary
 
 
-def _append_evolved_section(out_dir: Path, summary: dict[str, Any]) -> None:
-    """Add 'evolved minus each other model' (paired bootstrap, the recipe's test metric) to the report."""
-    import html
-
-    lines = ["", "## Evolved against every other model (paired bootstrap, metric named in the recipe's test tasks)", "",
-             "| task | metric | model | evolved - model | 95% CI | evolved better |", "|---|---|---|---:|---|---|"]
-    rows_html = []
-    for task, comparisons in summary["evolved_vs"].items():
-        metric = next(iter(summary["scores"][task].values()))["metric"]
-        for name, c in comparisons.items():
-            verdict = "yes" if c["significant"] else "no"
-            lines.append(f"| {task} | {metric} | {name} | {c['diff']:+.2f} | [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | {verdict} |")
-            rows_html.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                task, metric, name, f"{c['diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]", verdict)) + "</tr>")
-    md = out_dir / "comparison.md"
-    md.write_text(md.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    page = out_dir / "comparison.html"
-    section = ("<h2>Evolved against every other model (paired bootstrap, the recipe's test metric)</h2><table>"
-               "<tr><th>task</th><th>metric</th><th>model</th><th>evolved - model</th><th>95% CI</th>"
-               "<th>evolved better</th></tr>" + "".join(rows_html) + "</table>")
-    text = page.read_text(encoding="utf-8")
-    text = text.replace("</body>", section + "</body>") if "</body>" in text else text + section
-    page.write_text(text, encoding="utf-8")
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlmmerge.errors import RecipeError
 from vlmmerge.methods import get_method
@@ -45,6 +45,7 @@ class FitnessConfig(BaseModel):
     split: str = "fitness"
     limit: int | None = None
     batch_size: int = 16
+    generation: dict[str, Any] | None = None  # overrides every task's generation settings, e.g. {num_beams: 1}
 
 
 class BaselineConfig(BaseModel):
@@ -55,8 +56,8 @@ class BaselineConfig(BaseModel):
     density: float = 0.5
 
 
-class EvolveConfig(BaseModel):
-    """The `evolve:` section of a recipe."""
+class SpaceConfig(BaseModel):
+    """What is searched: which parameters of which models, at which granularity, within which bounds."""
 
     model_config = ConfigDict(extra="forbid")
     params: list[str] = Field(default_factory=lambda: ["weight", "density"])
@@ -64,21 +65,7 @@ class EvolveConfig(BaseModel):
     granularity: Union[Literal["model", "layer"], int] = "model"
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     init: dict[str, float] = Field(default_factory=lambda: {"weight": 0.5, "density": 0.5})
-    optimizer: Literal["cma", "random"] = "cma"
-    sigma0: float = 1 / 6
-    popsize: int | None = None
-    budget: int = 1000
-    seed: int = 0
-    compare_random: bool = False  # also run random search with the same budget, for comparison
     num_layers: int | None = None  # lets --dry-run size the space without any config download
-    fitness: FitnessConfig
-    test: FitnessConfig | None = None
-    baselines: list[BaselineConfig] = Field(
-        default_factory=lambda: [
-            BaselineConfig(name="TIES (untuned)", merge_method="ties"),
-            BaselineConfig(name="DARE-TIES (untuned)", merge_method="dare_ties"),
-        ]
-    )
 
     @field_validator("granularity")
     @classmethod
@@ -90,7 +77,7 @@ class EvolveConfig(BaseModel):
     @model_validator(mode="after")
     def _bounds_for_params(self):
         for name in self.params:
-            low, high = self.bounds.get(name, DEFAULT_BOUNDS.get(name, (0.0, 1.0)))
+            low, high = self.bound(name)
             if not low < high:
                 raise ValueError(f"bounds.{name}: lower bound {low} must be below upper bound {high}")
         return self
@@ -98,8 +85,86 @@ class EvolveConfig(BaseModel):
     def bound(self, name: str) -> tuple[float, float]:
         return tuple(self.bounds.get(name, DEFAULT_BOUNDS.get(name, (0.0, 1.0))))  # type: ignore[return-value]
 
+
+class OptimizerConfig(BaseModel):
+    """How it is searched: the optimizer, its step size and population, the budget and the seed."""
+
+    model_config = ConfigDict(extra="forbid")
+    optimizer: Literal["cma", "random"] = "cma"
+    sigma0: float = 1 / 6
+    popsize: int | None = None
+    budget: int = Field(default=1000, ge=1)
+    seed: int = 0
+    compare_random: bool = False  # also run random search with the same budget, for comparison
+
     def population_size(self, dimension: int) -> int:
         return self.popsize or 4 + int(math.floor(3 * math.log(dimension)))
+
+
+# The flat keys users write under `evolve:`, by the section they belong to.
+SECTIONS = {"space": SpaceConfig, "search": OptimizerConfig}
+FLAT_KEYS = {key: section for section, model in SECTIONS.items() for key in model.model_fields}
+
+
+class EvolveConfig(BaseModel):
+    """The `evolve:` section of a recipe: search space + optimizer settings + fitness, test, baselines.
+
+    Written flat (`params:`, `budget:`, ... side by side, as in every recipe) or nested
+    (`space: {...}`, `search: {...}`); both parse to the same model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    search: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    fitness: FitnessConfig
+    test: FitnessConfig | None = None
+    baselines: list[BaselineConfig] = Field(
+        default_factory=lambda: [
+            BaselineConfig(name="TIES (untuned)", merge_method="ties"),
+            BaselineConfig(name="DARE-TIES (untuned)", merge_method="dare_ties"),
+        ]
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_keys(cls, data: Any) -> Any:
+        return nest_flat_keys(data)
+
+    @property
+    def budget(self) -> int:
+        return self.search.budget
+
+    @property
+    def seed(self) -> int:
+        return self.search.seed
+
+    def population_size(self, dimension: int) -> int:
+        return self.search.population_size(dimension)
+
+
+def nest_flat_keys(data: Any) -> Any:
+    """Move the flat keys into their sections (a key given both ways: the nested one is an error)."""
+    if not isinstance(data, dict):
+        return data
+    nested: dict[str, Any] = {k: v for k, v in data.items() if FLAT_KEYS.get(k) is None}
+    for key, value in data.items():
+        section = FLAT_KEYS.get(key)
+        if section is None:
+            continue
+        given = nested.get(section)
+        target = dict(given) if isinstance(given, dict) else {}
+        if key in target:
+            raise ValueError(f"{key} is given both flat and under {section}: keep one")
+        target[key] = value
+        nested[section] = target if given is None or isinstance(given, dict) else given
+    return nested
+
+
+def flat_location(loc: tuple, section: dict[str, Any]) -> tuple:
+    """An error location as the user wrote it: `space.granularity` -> `granularity` for a flat key."""
+    if loc and loc[0] in SECTIONS and loc[0] not in section:
+        return loc[1:]
+    return loc
 
 
 @dataclass(frozen=True)
@@ -144,23 +209,24 @@ class SearchSpace:
         self.config = config
         self.num_layers = num_layers
         method = get_method(template.merge_method)
-        unknown = [p for p in config.params if p not in method.model_params]
+        space = config.space
+        unknown = [p for p in space.params if p not in method.model_params]
         if unknown:
             raise RecipeError(
                 f"evolve.params: {unknown} are not per-model parameters of {method.name} "
                 f"(known: {sorted(method.model_params)})"
             )
         listed = [entry.model for entry in template.models]
-        searched = config.searched_models or [m for m in listed if not (method.takes_base and m == template.base_model)]
+        searched = space.searched_models or [m for m in listed if not (method.takes_base and m == template.base_model)]
         missing = [m for m in searched if m not in listed]
         if missing:
             raise RecipeError(f"evolve.searched_models: {missing} are not in the recipe's models")
         self.models = searched
-        self.groups = layer_groups(num_layers, config.granularity)
+        self.groups = layer_groups(num_layers, space.granularity)
         self.genes = [
-            Gene(model, param, group, *config.bound(param))
+            Gene(model, param, group, *space.bound(param))
             for model in searched
-            for param in config.params
+            for param in space.params
             for group in self.groups
         ]
 
@@ -171,7 +237,7 @@ class SearchSpace:
     def initial_genome(self) -> np.ndarray:
         values = []
         for gene in self.genes:
-            init = self.config.init.get(gene.param)
+            init = self.config.space.init.get(gene.param)
             values.append(0.5 if init is None else float(np.clip(gene.encode(init), 0.0, 1.0)))
         return np.asarray(values, dtype=float)
 
@@ -212,19 +278,45 @@ class SearchSpace:
         return conditions
 
     def describe(self) -> dict[str, Any]:
+        space, search = self.config.space, self.config.search
+        population = search.population_size(self.dimension)
         return {
             "dimension": self.dimension,
             "models": self.models,
-            "params": self.config.params,
+            "params": space.params,
             "groups": [g.name for g in self.groups],
             "num_layers": self.num_layers,
-            "bounds": {p: self.config.bound(p) for p in self.config.params},
-            "population": self.config.population_size(self.dimension),
-            "budget": self.config.budget,
-            "generations": math.ceil(self.config.budget / self.config.population_size(self.dimension)),
+            "bounds": {p: space.bound(p) for p in space.params},
+            "population": population,
+            "budget": search.budget,
+            "generations": math.ceil(search.budget / population),
         }
 
 
 def round_value(value: float) -> float:
     """Recipes store 8 significant digits; the live candidate uses the same rounded values."""
     return float(f"{value:.8g}")
+
+
+def parse_evolve(section: dict[str, Any]) -> EvolveConfig:
+    """The `evolve:` section validated; errors name keys as the recipe wrote them (`evolve.bounds.weight`)."""
+    try:
+        return EvolveConfig.model_validate(section)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in ('evolve', *flat_location(e['loc'], section)))}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise RecipeError(problems) from None
+
+
+def override_evolve(section: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` (flat keys, e.g. from `--budget`) written where the section keeps each key."""
+    updated = dict(section)
+    for key, value in overrides.items():
+        where = FLAT_KEYS.get(key)
+        if where is not None and isinstance(updated.get(where), dict):
+            updated[where] = {**updated[where], key: value}
+        else:
+            updated[key] = value
+    return updated

@@ -1,7 +1,8 @@
 """Test support: tiny random models of every supported family, saved in every on-disk layout.
 
 Built offline from real transformers classes (no hub), so tests meet real names, shapes and
-loading paths. See `vlmmerge.testing.tiny`.
+loading paths. Split by job: `common`, `families/` (per-family configs and processors), `configs`,
+`processors`, `inputs`, `disk`; `vlmmerge.testing.tiny` re-exports them all.
 """
 
 from vlmmerge.testing.tiny import (

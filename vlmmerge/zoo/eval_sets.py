@@ -13,15 +13,14 @@ import argparse
 import io
 import json
 import random
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from vlmmerge.checkpoint.output import atomic_output_dir
 from vlmmerge.zoo.images import render_scene
 from vlmmerge.zoo.world import (
     CAPTION_PROMPTS_EN,
@@ -187,7 +186,7 @@ def _jsonl(rows: list[dict]) -> str:
 
 def write_set(spec: EvalSetSpec, folder: Path) -> None:
     fitness, test, images = spec.make_rows(random.Random(SET_SEEDS[spec.name]))
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "task.yaml").write_text(yaml.safe_dump(spec.config, allow_unicode=True, sort_keys=False, width=100),
                                       encoding="utf-8")
     (folder / "fitness.jsonl").write_text(_jsonl(fitness), encoding="utf-8")
@@ -208,13 +207,9 @@ def generate(out: Path, names: list[str] | None = None) -> list[Path]:
     for spec in SPECS:
         if names and spec.name not in names:
             continue
-        with tempfile.TemporaryDirectory(dir=out, prefix=f".{spec.name}-") as tmp:
-            staged = Path(tmp) / spec.name
+        target = out / spec.name
+        with atomic_output_dir(target, overwrite=True) as staged:
             write_set(spec, staged)
-            target = out / spec.name
-            if target.exists():
-                shutil.rmtree(target)
-            staged.rename(target)
         written.append(target)
     return written
 

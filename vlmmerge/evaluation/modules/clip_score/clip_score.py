@@ -3,13 +3,12 @@ with any open_clip model: a built-in architecture and weights tag or checkpoint 
 or a local folder with open_clip_config.json and weights. Multilingual models (e.g.
 xlm-roberta-base-ViT-B-32 / laion5b_s13b_b90k) score Japanese text."""
 
-import datasets
 import evaluate
 from PIL import Image
 
 from vlmmerge.evaluation.clip import get_clip_scorer
-from vlmmerge.evaluation.scoring import mean
-from vlmmerge.evaluation.stats import bootstrap_ci
+from vlmmerge.evaluation.metric_info import metric_info
+from vlmmerge.evaluation.stats import summarize
 
 _CITATION = """\
 @inproceedings{hessel2021clipscore, title={CLIPScore: A Reference-free Evaluation Metric for Image Captioning}, author={Hessel, Jack and Holtzman, Ari and Forbes, Maxwell and Le Bras, Ronan and Choi, Yejin}, booktitle={EMNLP}, year={2021}}
@@ -32,10 +31,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS_DESCRIPTION)
 class ClipScore(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+        return metric_info(__doc__, _KWARGS_DESCRIPTION, None, citation=_CITATION)
 
     def _compute(self, predictions, images=None, model=None, pretrained=None, prefix="", device="cpu",
                  per_item=False, ci=False):
@@ -50,9 +46,4 @@ class ClipScore(evaluate.Metric):
                     loaded.append(opened.convert("RGB"))
         scorer = get_clip_scorer(model, pretrained, device=device, prefix=prefix)
         values = scorer.scores(loaded, list(predictions))
-        out = {"clip_score": mean(values)}
-        if ci:
-            out["clip_score_ci"] = bootstrap_ci(values)
-        if per_item:
-            out["clip_score_per_item"] = values
-        return out
+        return summarize("clip_score", values, per_item=per_item, ci=ci)

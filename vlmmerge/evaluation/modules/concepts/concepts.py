@@ -2,11 +2,11 @@
 must contain) found in the prediction, as NFKC-normalised, case-folded substrings; averaged over
 items that have concepts."""
 
-import datasets
 import evaluate
 
-from vlmmerge.evaluation.scoring import concept_scores, mean
-from vlmmerge.evaluation.stats import bootstrap_ci
+from vlmmerge.evaluation.metric_info import metric_info
+from vlmmerge.evaluation.scoring import concept_scores
+from vlmmerge.evaluation.stats import summarize
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -24,17 +24,8 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS_DESCRIPTION)
 class Concepts(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Sequence(datasets.Value("string"))}),
-        )
+        return metric_info(__doc__, _KWARGS_DESCRIPTION, "many")
 
     def _compute(self, predictions, references, per_item=False, ci=False):
         values = concept_scores(predictions, references)
-        out = {"concepts": mean(values)}
-        if ci:
-            out["concepts_ci"] = bootstrap_ci(values)
-        if per_item:
-            out["concepts_per_item"] = values
-        return out
+        return summarize("concepts", values, per_item=per_item, ci=ci)

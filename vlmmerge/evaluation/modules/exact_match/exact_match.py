@@ -1,11 +1,11 @@
 """Exact match x 100: a prediction matches when, after NFKC, case folding and removing whitespace,
 punctuation (Unicode P*) and emoji, it equals one of its references."""
 
-import datasets
 import evaluate
 
-from vlmmerge.evaluation.scoring import exact_match_scores, mean
-from vlmmerge.evaluation.stats import bootstrap_ci
+from vlmmerge.evaluation.metric_info import metric_info
+from vlmmerge.evaluation.scoring import exact_match_scores
+from vlmmerge.evaluation.stats import summarize
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -23,20 +23,8 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS_DESCRIPTION)
 class ExactMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"),
-                                   "references": datasets.Sequence(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
-        )
+        return metric_info(__doc__, _KWARGS_DESCRIPTION, "one_or_many")
 
     def _compute(self, predictions, references, per_item=False, ci=False):
         values = exact_match_scores(predictions, references)
-        out = {"exact_match": mean(values)}
-        if ci:
-            out["exact_match_ci"] = bootstrap_ci(values)
-        if per_item:
-            out["exact_match_per_item"] = values
-        return out
+        return summarize("exact_match", values, per_item=per_item, ci=ci)

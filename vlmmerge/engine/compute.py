@@ -1,0 +1,151 @@
+"""Tensor computation: read one planned tensor's inputs, run the method, assemble the value.
+
+Pure with respect to the output: nothing here writes files. `vlmmerge merge` (through the
+executor) and the in-memory candidates of a search (`vlmmerge.live`) share this code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from vlmmerge.engine.plan import MergePlan, Source, TensorPlan
+from vlmmerge.methods import mask_generators
+
+# Methods whose kernels compute in float32 from half-precision inputs themselves (each input is
+# promoted element by element inside the first operation that reads it, bit for bit what an
+# explicit conversion gives; tests/test_engine_streaming.py checks it). With the default float32
+# compute dtype their half-precision inputs are passed as stored: half the memory held per input
+# and one conversion pass fewer.
+HALF_INPUT_METHODS = frozenset(
+    {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
+)
+
+# Methods whose value at each element depends only on the inputs at that element (their
+# parameters are per tensor): on CPU they run on cache-sized flat slices of the inputs, written
+# out slice by slice, instead of on whole tensors. Same bits: the kernels are elementwise and
+# every slice is a multiple of the SIMD width, so each element takes the same code path
+# (tests/test_engine_streaming.py compares with `merge_tensor`).
+ELEMENTWISE_METHODS = frozenset({"linear", "task_arithmetic"})
+SLICE_ELEMENTS = 1 << 18
+
+
+@dataclass
+class TensorInputs:
+    """What the merge of one output tensor reads.
+
+    `host_value` (stored dtype) is read only when the output keeps some stored values: a tensor
+    that is not merged (its planned read), or a vocabulary tensor whose extra or special-token
+    rows stay the host's. `base` and `members` are the method's inputs, in the compute dtype, on
+    the device.
+    """
+
+    host_value: torch.Tensor | None
+    base: torch.Tensor | None = None
+    members: list[torch.Tensor] = field(default_factory=list)
+
+
+def input_dtype(plan: MergePlan, stored: torch.dtype) -> torch.dtype:
+    """The dtype a method input is handed over in: the compute dtype, or the stored half precision
+    for methods that promote it themselves (see HALF_INPUT_METHODS)."""
+    if (
+        plan.compute_dtype == torch.float32
+        and stored in (torch.bfloat16, torch.float16)
+        and plan.method.name in HALF_INPUT_METHODS
+    ):
+        return stored
+    return plan.compute_dtype
+
+
+def read_copy(plan: MergePlan, tensor: TensorPlan) -> torch.Tensor:
+    """A tensor that is not merged: its planned read, scaled (in the compute dtype) if the plan says so."""
+    read = tensor.read
+    value = plan.sources[read.source].tensor(read.name)
+    if read.scale is None:
+        return value
+    return value.to(plan.compute_dtype) * read.scale
+
+
+def read_tensor_inputs(plan: MergePlan, tensor: TensorPlan, device: str = "cpu") -> TensorInputs:
+    """Read (and convert for the method) everything `combine_tensor_inputs` needs for one tensor."""
+    if not tensor.merged:
+        return TensorInputs(read_copy(plan, tensor))
+    host_value = plan.host.tensor(tensor.name) if plan.keeps_host_rows(tensor) else None
+    rows = tensor.method_rows()
+
+    def load(source: Source) -> torch.Tensor:
+        value = source.lm_tensor(tensor.lm_name)
+        if isinstance(rows, slice):
+            value = value[rows]  # a view: a conversion below makes the only copy
+        elif rows is not None:
+            value = value.index_select(0, rows)
+        return value.to(device=device, dtype=input_dtype(plan, value.dtype))
+
+    base = load(plan.base) if plan.base is not None else None
+    return TensorInputs(host_value, base, [load(m.source) for m in plan.members])
+
+
+def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInputs, device: str = "cpu") -> torch.Tensor:
+    """Run the method on inputs read by `read_tensor_inputs`; the value `merge_tensor` returns."""
+    if not tensor.merged:
+        return inputs.host_value
+    generators = mask_generators_for(plan, tensor) if plan.method.random else None
+    merged = plan.method.merge(inputs.base, inputs.members, plan.member_params(tensor), plan.global_params(tensor), generators)
+    merged = merged.to("cpu")
+    if inputs.host_value is not None:
+        # Rows past the shared vocabulary and the host's special-token rows stay the host's.
+        full = inputs.host_value.to(merged.dtype, copy=True)
+        rows = tensor.method_rows()
+        if isinstance(rows, slice):
+            full[rows] = merged
+        else:
+            full.index_copy_(0, rows, merged)
+        merged = full
+    return merged
+
+
+def mask_generators_for(plan: MergePlan, tensor: TensorPlan) -> list[torch.Generator]:
+    """One CPU generator per member for a random method's masks, seeded by (recipe seed, tensor
+    name, the member's position in `models:`): a mask depends on nothing else in the merge."""
+    return mask_generators(plan.recipe.seed, tensor.name, [member.index for member in plan.members])
+
+
+def merge_tensor(plan: MergePlan, tensor: TensorPlan, device: str = "cpu") -> torch.Tensor:
+    """The merged value of one output tensor (float32 unless compute_dtype says otherwise), on CPU."""
+    return combine_tensor_inputs(plan, tensor, read_tensor_inputs(plan, tensor, device), device)
+
+
+def merges_in_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> bool:
+    return (
+        tensor.merged
+        and plan.method.name in ELEMENTWISE_METHODS
+        and not plan.method.random
+        and torch.device(device).type == "cpu"
+        and not plan.keeps_host_rows(tensor)
+    )
+
+
+def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> Iterator[torch.Tensor]:
+    """The merged tensor as flat slices of SLICE_ELEMENTS (for `merges_in_slices` tensors)."""
+    inputs = read_tensor_inputs(plan, tensor, device)
+    base = inputs.base.reshape(-1) if inputs.base is not None else None
+    members = [m.reshape(-1) for m in inputs.members]
+    member_params, global_params = plan.member_params(tensor), plan.global_params(tensor)
+    numel = members[0].numel() if members else (base.numel() if base is not None else 0)
+    step = SLICE_ELEMENTS
+
+    def piece(value: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        # Converted here, in cache: same values as the kernel's own promotion, on a faster path.
+        return value[start:stop].to(plan.compute_dtype)
+
+    for start in range(0, numel, step):
+        stop = min(start + step, numel)
+        yield plan.method.merge(
+            None if base is None else piece(base, start, stop),
+            [piece(m, start, stop) for m in members],
+            member_params,
+            global_params,
+            None,
+        )

@@ -1,0 +1,105 @@
+"""Tables of a reseeding study and of the shipped world's demo, rendered from recorded `study.json`s.
+
+Pure functions of the recorded results: the README and docs/miniature-world.md sections are these
+strings, so a test can check that the documents say what the recorded results say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmmerge.zoo.world_table import world_table_markdown
+
+CASE_TITLES = {
+    "vlm": "VLM case: Japanese captions, exact match",
+    "llm": "LLM case: Japanese word problems, right answer written in Japanese",
+}
+SOURCE_LABELS = {"source: vlm": "source: VLM (English captions)",
+                 "source: ja_lm": "source: Japanese LM (VLM's vision attached)",
+                 "source: math_lm": "source: math LM (right, but in English)"}
+
+
+def _ci(score: dict[str, Any]) -> str:
+    ci = score.get("ci")
+    return f"{score['value']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{score['value']:.1f}"
+
+
+def _diff(v: dict[str, Any]) -> str:
+    return f"{v['diff']:+.1f} [{v['ci'][0]:+.1f}, {v['ci'][1]:+.1f}]"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def case_table(case: str, result: dict[str, Any]) -> str:
+    """One demo case on one world: every compared model, its score and evolved minus it."""
+    lines = [f"| {CASE_TITLES[case]} | score (test, 95% CI) | evolved minus it (paired 95% CI) |", "|---|---|---|"]
+    for name, score in result["scores"].items():
+        if name == "evolved":
+            continue
+        lines.append(f"| {SOURCE_LABELS.get(name, name)} | {_ci(score)} | {_diff(result['evolved_vs'][name])} |")
+    lines.append(f"| **evolved** ({result['budget']} CMA-ES evaluations) | **{_ci(result['scores']['evolved'])}** | |")
+    return "\n".join(lines)
+
+
+def demo_summary_lines(result: dict[str, Any]) -> str:
+    out = []
+    for case, r in result["cases"].items():
+        others = ", ".join(f"{t} {by['evolved']:.1f}" for t, by in r["other_tasks"].items())
+        out.append(f"- {case.upper()} case: CMA-ES reached random search's final best fitness "
+                   f"({r['random_best_fitness']:.1f}) after {r['cma_reach']} of {r['budget']} evaluations; best "
+                   f"fitness flat over the last quarter of the budget: {'yes' if r['claims']['plateau'] else 'no'}; "
+                   f"the evolved merge on the other test task: {others}.")
+    return "\n".join(out)
+
+
+def readme_demo_block(result: dict[str, Any]) -> str:
+    """The README's 'Demo results' tables: the shipped world's recorded demo."""
+    parts = [case_table(case, r) for case, r in result["cases"].items()]
+    return "\n\n".join(parts) + "\n\n" + demo_summary_lines(result)
+
+
+def readme_world_block(result: dict[str, Any]) -> str:
+    return world_table_markdown(result["world_table"])
+
+
+def study_table(results: list[dict[str, Any]]) -> str:
+    """One row per world and case: sources, untuned baselines, evolved, the three claims."""
+    lines = ["| world | case | sources | TIES (untuned) | DARE-TIES (untuned) | evolved | evolved minus best other | "
+             "CMA-ES reached random's best | plateau | claims hold |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for case, r in result["cases"].items():
+            sources = " / ".join(_ci(s) for n, s in r["scores"].items() if n.startswith("source:"))
+            best_other = min(r["evolved_vs"].values(), key=lambda v: v["diff"])
+            reach = f"{r['cma_reach']} of {r['budget']}" if r["cma_reach"] is not None else f"never ({r['budget']})"
+            lines.append(
+                f"| {result['world']} | {case.upper()} | {sources} | {_ci(r['scores']['TIES (untuned)'])} | "
+                f"{_ci(r['scores']['DARE-TIES (untuned)'])} | **{_ci(r['scores']['evolved'])}** | {_diff(best_other)} | "
+                f"{reach} {'' if r['claims']['cma_half_budget'] else '**(over half)**'} | {_yes(r['claims']['plateau'])} | "
+                f"{_yes(r['claims_hold'])} |")
+    return "\n".join(lines)
+
+
+def headroom_table(results: list[dict[str, Any]]) -> str:
+    """Per world, the best any source or untuned merge reaches on the next steps' two cases."""
+    names = list(results[0]["headroom"]) if results else []
+    lines = ["| world | " + " | ".join(f"best source or untuned merge: {n}" for n in names) + " | build (s) |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for r in results:
+        best = {}
+        for h in names:
+            row = max(r["world_table"], key=lambda row: row["headroom"][h])
+            best[h] = f"{row['headroom'][h]:.1f} ({row['name']})"
+        build = r.get("build_seconds")
+        lines.append(f"| {r['world']} | " + " | ".join(best[h] for h in names) + f" | {build:.0f} |"
+                     if build is not None else f"| {r['world']} | " + " | ".join(best[h] for h in names) + " | |")
+    return "\n".join(lines)
+
+
+def study_block(results: list[dict[str, Any]]) -> str:
+    held = sum(r["claims_hold"] for w in results for r in w["cases"].values())
+    total = sum(len(w["cases"]) for w in results)
+    return (study_table(results) + f"\n\nClaims hold in {held} of {total} (world, case) pairs.\n\n"
+            "Headroom for the next steps (min of the two scores; no model should already do it):\n\n"
+            + headroom_table(results))
