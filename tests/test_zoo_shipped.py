@@ -11,9 +11,9 @@ import pytest
 
 from vlmmerge.errors import RecipeError
 from vlmmerge.zoo import ZooError, ZooPaths
-from vlmmerge.zoo.refs import WORLD_ENV, WorldSpec, parse_world, resolve_zoo_ref, zoo_ref_num_layers
+from vlmmerge.zoo.refs import SHIPPED_SPEC, WORLD_ENV, WorldSpec, parse_world, resolve_zoo_ref, zoo_ref_num_layers
 from vlmmerge.zoo.shipped import (
-    SHIPPED_ROOT, SHIPPED_SPEC, compare_with_shipped, folder_checksums, shipped_world, verify_checksums,
+    SHIPPED_ROOT, compare_with_shipped, folder_checksums, shipped_world, verify_checksums,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -54,17 +54,28 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"report: {out / case / 'test' / 'comparison.html'}   fitness curve: {out / case / 'fitness.png'}")
     console.print(f"results: {out / 'study.json'}")
     if args.write_readme is not None:
-        record(result, args.write_readme)
+        record(result, args.write_readme, out)
         console.print(f"recorded {RECORDED} and regenerated {args.write_readme}")
     return 0
 
 
-def record(result: dict, readme: Path, recorded: Path = RECORDED) -> None:
-    from vlmmerge.docblocks import replace_marked_block
-    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block
+def record(result: dict, readme: Path, run_dir: Path, recorded: Path = RECORDED) -> None:
+    """Keep the run's results and journals (so a test can replay the searches) and regenerate README."""
+    import shutil
 
     portable = {k: v for k, v in result.items() if k != "root"}
     recorded.parent.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(portable, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    replace_marked_block(readme, "demo-results", readme_demo_block(portable))
-    replace_marked_block(readme, "world-table", readme_world_block(portable))
+    for case in result["cases"]:
+        shutil.copyfile(run_dir / case / "journal.jsonl", recorded.with_name(f"demo-shipped-{case}-journal.jsonl"))
+    regenerate_readme(readme, recorded)
+
+
+def regenerate_readme(readme: Path, recorded: Path = RECORDED) -> None:
+    """README's demo and world tables from the recorded results (no run)."""
+    from vlmmerge.docblocks import replace_marked_block
+    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block
+
+    result = json.loads(recorded.read_text(encoding="utf-8"))
+    replace_marked_block(readme, "demo-results", readme_demo_block(result))
+    replace_marked_block(readme, "world-table", readme_world_block(result))

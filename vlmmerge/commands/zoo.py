@@ -76,7 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
 
     from vlmmerge.zoo import ZooPaths, build_zoo, zoo_dir
 
-    from vlmmerge.zoo.shipped import SHIPPED_SPEC, compare_with_shipped
+    from vlmmerge.zoo.refs import SHIPPED_SPEC
+    from vlmmerge.zoo.shipped import compare_with_shipped
 
     target = args.out if args.out is not None else zoo_dir(args.size, args.seed, args.threads)
     if ZooPaths(target).is_complete() and not args.force:
@@ -137,7 +138,7 @@ def run_check(args: argparse.Namespace) -> int:
     from vlmmerge.zoo import ZooError, ZooPaths
     from vlmmerge.zoo.check import run_check as check
     from vlmmerge.zoo.refs import WorldSpec, world_paths
-    from vlmmerge.zoo.shipped import SHIPPED_SPEC
+    from vlmmerge.zoo.refs import SHIPPED_SPEC
     from vlmmerge.zoo.study import EVAL_THREADS
 
     torch.set_num_threads(EVAL_THREADS)

@@ -9,18 +9,10 @@ from pathlib import Path
 import torch
 
 from vlmmerge.checkpoint import parse_size
+from vlmmerge.checkpoint.dtypes import DTYPES
 from vlmmerge.errors import RecipeError, VlmMergeError
 from vlmmerge.recipe import MergeOptions, Recipe, load_recipe
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 # Merge kernels never compute in half precision; float64 is for checks.
 COMPUTE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}
 

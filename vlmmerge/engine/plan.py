@@ -186,12 +186,7 @@ def select_members(recipe: Recipe, method: MergeMethod, sources: Mapping[str, So
 
 
 def check_model_count(method: MergeMethod, count: int) -> None:
-    if count < method.min_models or (method.max_models is not None and count > method.max_models):
-        expected = f"at least {method.min_models}" if method.max_models is None else (
-            f"{method.min_models} to {method.max_models}" if method.max_models != method.min_models
-            else f"exactly {method.min_models}"
-        )
-        raise RecipeError(f"merge_method {method.name}: merges {expected} models (base included), the recipe gives {count}")
+    method.check_model_count(count)
 
 
 def plan_merge(

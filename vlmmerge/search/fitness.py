@@ -43,7 +43,8 @@ def make_evaluator(fitness: FitnessConfig, seed: int, split: str | None = None):
 
 def chosen_metrics(refs: Sequence[TaskRef], tasks: Sequence[Any]) -> dict[str, str | None]:
     """Task name -> the metric its reference names (None: the task's primary metric)."""
-    return {task.name: ref.metric for ref, task in zip(refs, tasks, strict=True)}
+    return {task.name: (next(iter(ref.metric)) if isinstance(ref.metric, dict) else ref.metric)
+            for ref, task in zip(refs, tasks, strict=True)}
 
 
 def weighted_fitness(result, fitness: FitnessConfig, tasks: Sequence[Any]) -> tuple[float, dict[str, Any]]:
@@ -53,10 +54,12 @@ def weighted_fitness(result, fitness: FitnessConfig, tasks: Sequence[Any]) -> tu
         scores = result.scores.get(task.name)
         if scores is None:
             raise RecipeError(f"evolve.fitness: no scores for task {task.name!r} (have {sorted(result.scores)})")
-        metric = ref.metric or result.primary_metrics[task.name]
-        if metric not in scores:
-            raise RecipeError(f"evolve.fitness: task {task.name!r} has no metric {metric!r} (have {sorted(scores)})")
-        total += ref.weight * scores[metric]
+        metrics = ref.metric if isinstance(ref.metric, dict) else {ref.metric or result.primary_metrics[task.name]: 1.0}
+        missing = [m for m in metrics if m not in scores]
+        if missing:
+            raise RecipeError(f"evolve.fitness: task {task.name!r} has no metric {missing[0]!r} (have {sorted(scores)})")
+        value = sum(w * scores[m] for m, w in metrics.items()) / sum(metrics.values())
+        total += ref.weight * value
         weights += ref.weight
     return total / weights, {"scores": result.scores}
 

@@ -35,7 +35,9 @@ class TaskRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str  # an eval-set folder, a built-in set name, or a benchmark name
     weight: float = 1.0
-    metric: str | None = None  # default: the task's primary metric
+    # default: the task's primary metric; a mapping {metric: weight} scores a weighted mean of several
+    # metrics of the same generations (e.g. exact match plus concept recall, a smoother fitness)
+    metric: str | dict[str, float] | None = None
     local_path: str | None = None  # offline copy of a hub benchmark
 
 

@@ -45,12 +45,13 @@ class WorldSpec:
         return f"shipped ({name})" if self.shipped else name
 
 
+SHIPPED_SPEC = WorldSpec("demo", 0, 1, shipped=True)  # files: vlmmerge/zoo/worlds/demo-s0-t1 (shipped.py)
+
+
 def parse_world(text: str) -> WorldSpec:
     """`shipped`, `SIZE-sSEED-tTHREADS` or a folder path."""
     text = text.strip()
     if text in ("", "shipped"):
-        from vlmmerge.zoo.shipped import SHIPPED_SPEC
-
         return SHIPPED_SPEC
     match = _SPEC.match(text)
     if match:

@@ -13,9 +13,6 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from vlmmerge.zoo.refs import WorldSpec
-
-SHIPPED_SPEC = WorldSpec("demo", 0, 1, shipped=True)
 SHIPPED_ROOT = Path(__file__).resolve().parent / "worlds" / "demo-s0-t1"
 CHECKSUMS = "checksums.json"
 WEIGHT_SUFFIXES = (".safetensors",)

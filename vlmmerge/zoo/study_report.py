@@ -14,8 +14,9 @@ CASE_TITLES = {
     "llm": "LLM case: Japanese word problems, right answer written in Japanese",
 }
 SOURCE_LABELS = {"source: vlm": "source: VLM (English captions)",
-                 "source: ja_lm": "source: Japanese LM (VLM's vision attached)",
+                 "source: ja_lm": "source: Japanese LM",
                  "source: math_lm": "source: math LM (right, but in English)"}
+CASE_SOURCE_LABELS = {("vlm", "source: ja_lm"): "source: Japanese LM (VLM's vision attached)"}
 
 
 def _ci(score: dict[str, Any]) -> str:
@@ -37,7 +38,8 @@ def case_table(case: str, result: dict[str, Any]) -> str:
     for name, score in result["scores"].items():
         if name == "evolved":
             continue
-        lines.append(f"| {SOURCE_LABELS.get(name, name)} | {_ci(score)} | {_diff(result['evolved_vs'][name])} |")
+        label = CASE_SOURCE_LABELS.get((case, name)) or SOURCE_LABELS.get(name, name)
+        lines.append(f"| {label} | {_ci(score)} | {_diff(result['evolved_vs'][name])} |")
     lines.append(f"| **evolved** ({result['budget']} CMA-ES evaluations) | **{_ci(result['scores']['evolved'])}** | |")
     return "\n".join(lines)
 
@@ -63,11 +65,30 @@ def readme_world_block(result: dict[str, Any]) -> str:
     return world_table_markdown(result["world_table"])
 
 
+def _budget_curve(curve: list[float]) -> str:
+    if not curve:
+        return ""
+    at = [curve[max(0, round(len(curve) * f) - 1)] for f in (0.5, 0.75, 1.0)]
+    return " / ".join(f"{v:.0f}" for v in at)
+
+
+def claim_counts(results: list[dict[str, Any]]) -> str:
+    pairs = [(w["world"], case, r) for w in results for case, r in w["cases"].items()]
+    names = {"evolved_beats_all": "evolved above every source and untuned baseline",
+             "cma_half_budget": "CMA-ES reaches random search's best within half the budget",
+             "plateau": "plateau over the last quarter"}
+    lines = [f"- {label}: {sum(r['claims'][key] for _, _, r in pairs)} of {len(pairs)}"
+             + "".join(f"; misses: {', '.join(f'{w} {c.upper()}' for w, c, r in pairs if not r['claims'][key])}"
+                       for _ in [0] if any(not r['claims'][key] for _, _, r in pairs))
+             for key, label in names.items()]
+    return "\n".join(lines)
+
+
 def study_table(results: list[dict[str, Any]]) -> str:
     """One row per world and case: sources, untuned baselines, evolved, the three claims."""
     lines = ["| world | case | sources | TIES (untuned) | DARE-TIES (untuned) | evolved | evolved minus best other | "
-             "CMA-ES reached random's best | plateau | claims hold |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "CMA-ES reached random's best | best fitness at 1/2, 3/4, all of the budget | plateau | claims hold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         for case, r in result["cases"].items():
             sources = " / ".join(_ci(s) for n, s in r["scores"].items() if n.startswith("source:"))
@@ -76,7 +97,8 @@ def study_table(results: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {result['world']} | {case.upper()} | {sources} | {_ci(r['scores']['TIES (untuned)'])} | "
                 f"{_ci(r['scores']['DARE-TIES (untuned)'])} | **{_ci(r['scores']['evolved'])}** | {_diff(best_other)} | "
-                f"{reach} {'' if r['claims']['cma_half_budget'] else '**(over half)**'} | {_yes(r['claims']['plateau'])} | "
+                f"{reach}{'' if r['claims']['cma_half_budget'] else ' **(over half)**'} | {_budget_curve(r['cma_curve'])} | "
+                f"{_yes(r['claims']['plateau'])} | "
                 f"{_yes(r['claims_hold'])} |")
     return "\n".join(lines)
 
@@ -84,22 +106,21 @@ def study_table(results: list[dict[str, Any]]) -> str:
 def headroom_table(results: list[dict[str, Any]]) -> str:
     """Per world, the best any source or untuned merge reaches on the next steps' two cases."""
     names = list(results[0]["headroom"]) if results else []
-    lines = ["| world | " + " | ".join(f"best source or untuned merge: {n}" for n in names) + " | build (s) |",
-             "|---|" + "---|" * (len(names) + 1)]
+    lines = ["| world | " + " | ".join(f"best source or untuned merge: {n}" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
     for r in results:
-        best = {}
+        cells = []
         for h in names:
             row = max(r["world_table"], key=lambda row: row["headroom"][h])
-            best[h] = f"{row['headroom'][h]:.1f} ({row['name']})"
-        build = r.get("build_seconds")
-        lines.append(f"| {r['world']} | " + " | ".join(best[h] for h in names) + f" | {build:.0f} |"
-                     if build is not None else f"| {r['world']} | " + " | ".join(best[h] for h in names) + " | |")
+            cells.append(f"{row['headroom'][h]:.1f} ({row['name']})")
+        lines.append(f"| {r['world']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def study_block(results: list[dict[str, Any]]) -> str:
     held = sum(r["claims_hold"] for w in results for r in w["cases"].values())
     total = sum(len(w["cases"]) for w in results)
-    return (study_table(results) + f"\n\nClaims hold in {held} of {total} (world, case) pairs.\n\n"
+    return (study_table(results) + f"\n\nAll claims hold in {held} of {total} (world, case) pairs:\n\n"
+            + claim_counts(results) + "\n\n"
             "Headroom for the next steps (min of the two scores; no model should already do it):\n\n"
             + headroom_table(results))
