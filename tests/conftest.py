@@ -87,3 +87,11 @@ def real_lm_dir() -> Path:
             pytest.skip(message)
         pytest.fail(message)
     return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """The micro miniature world (structurally complete, seconds to build), built once per session."""
+    from vlmmerge.zoo import build_zoo
+
+    return build_zoo("micro", seed=0, out=tmp_path_factory.mktemp("zoo") / "micro", progress=False)

@@ -13,11 +13,6 @@ from vlmmerge.zoo import ZooPaths, build_zoo, cache_root, ensure_zoo, zoo_dir
 from vlmmerge.zoo import world as W
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory) -> ZooPaths:
-    return build_zoo("micro", seed=0, out=tmp_path_factory.mktemp("zoo") / "micro", progress=False)
-
-
 # ------------------------------------------------------------------------------------------ build
 def test_micro_build_is_complete(micro: ZooPaths):
     assert micro.is_complete()

@@ -46,6 +46,7 @@ def test_a_modified_shipped_file_is_named(tmp_path):
         verify_checksums(copy)
     same = compare_with_shipped(copy)
     assert same["ja_lm/model.safetensors"] is False and same["vlm/model.safetensors"] is True
+    shutil.copyfile(SHIPPED_ROOT / "ja_lm" / "model.safetensors", weights)
     (copy / "vlm" / "config.json").unlink()
     with pytest.raises(ZooError, match=r"vlm/config\.json: listed in checksums\.json but missing"):
         verify_checksums(copy)
@@ -85,7 +86,7 @@ def test_readme_and_docs_say_what_the_recorded_results_say():
     """README's demo and world tables are generated from docs/results/demo-shipped.json (`vlmmerge demo
     --write-readme README.md`), the study table from docs/results/study.json."""
     from vlmmerge.docblocks import markers
-    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block, study_block
+    from vlmmerge.zoo.study_report import claim_counts, readme_demo_block, readme_world_block, study_block
 
     recorded = json.loads((REPO / "docs" / "results" / "demo-shipped.json").read_text(encoding="utf-8"))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -99,7 +100,26 @@ def test_readme_and_docs_say_what_the_recorded_results_say():
     study = json.loads((REPO / "docs" / "results" / "study.json").read_text(encoding="utf-8"))
     doc = (REPO / "docs" / "miniature-world.md").read_text(encoding="utf-8")
     assert block(doc, "zoo-study") == study_block(study)
+    assert block(readme, "study-summary") == claim_counts(study)
     shipped_in_study = [w for w in study if w["world"] == "demo-s0-t1"]
     assert shipped_in_study, "the study includes the shipped world's recipe (seed 0, 1 thread)"
     for case, result in recorded["cases"].items():
         assert result["scores"] == shipped_in_study[0]["cases"][case]["scores"], case
+
+
+def test_demo_command_runs_on_another_world_and_records_only_the_shipped_one(micro: ZooPaths, tmp_path, capsys):
+    """`vlmmerge demo --world PATH --quick` runs both cases and the world table on that world; recording
+    the README from anything but a full run on the shipped world is refused before any work."""
+    from vlmmerge.cli import main
+
+    assert main(["demo", "--world", str(micro.root), "--quick", "--write-readme", str(tmp_path / "R.md")]) != 0
+    assert "--write-readme" in capsys.readouterr().err and not (tmp_path / "R.md").exists()
+    assert main(["demo", "--world", str(micro.root), "--quick", "--out", str(tmp_path / "runs")]) == 0
+    result = json.loads((tmp_path / "runs" / micro.root.name / "quick" / "study.json").read_text(encoding="utf-8"))
+    assert set(result["cases"]) == {"vlm", "llm"}
+    for case in result["cases"].values():
+        assert case["budget"] == 24 and len(case["cma_curve"]) == 24 and len(case["random_curve"]) == 24
+        assert set(case["claims"]) == {"evolved_beats_all", "cma_half_budget", "plateau"}
+    assert len(result["world_table"]) == 12
+    out = capsys.readouterr().out
+    assert "VLM case: Japanese captions" in out and "three sources: TIES" in out

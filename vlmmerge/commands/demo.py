@@ -79,3 +79,8 @@ def regenerate_readme(readme: Path, recorded: Path = RECORDED) -> None:
     result = json.loads(recorded.read_text(encoding="utf-8"))
     replace_marked_block(readme, "demo-results", readme_demo_block(result))
     replace_marked_block(readme, "world-table", readme_world_block(result))
+    study = recorded.with_name("study.json")
+    if study.is_file():
+        from vlmmerge.zoo.study_report import claim_counts
+
+        replace_marked_block(readme, "study-summary", claim_counts(json.loads(study.read_text(encoding="utf-8"))))
