@@ -97,10 +97,10 @@ def run_build(args: argparse.Namespace) -> int:
         same = compare_with_shipped(paths.root)
         differ = [rel for rel, ok in same.items() if not ok]
         if differ:
-            print(f"the rebuild differs from the shipped world in {len(differ)} of {len(same)} weights files: "
+            print(f"{paths.root} differs from the shipped world in {len(differ)} of {len(same)} weights files: "
                   + ", ".join(differ))
         else:
-            print(f"the rebuild matches the shipped world's checksums ({len(same)} weights files identical)")
+            print(f"{paths.root} matches the shipped world's checksums ({len(same)} weights files identical)")
     return 0
 
 
