@@ -75,3 +75,12 @@ def disk_keys(folder: Path) -> set[str]:
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def make_evolve_world(root: Path) -> dict:
+    """A tiny LLaVA world (base, vlm, fine-tunes) plus a toy caption set: the inputs of evolve tests."""
+    from vlmmerge.evaluation.toy import write_toy_caption_set
+
+    paths = make_world(root, "llava")
+    paths["set"] = write_toy_caption_set(root / "sets" / "toy_caption")
+    return paths

@@ -142,7 +142,6 @@ def test_random_methods_are_seeded(method, world, lm_tensors, tmp_path):
 
 def test_vlm_plus_llm_merges_language_only(tmp_path_factory, tmp_path):
     root = tmp_path_factory.mktemp("vocab")
-    from vlmmerge.testing.tiny import build_tiny_model
 
     world = make_world(root, "llava", lm_vocab=None)
     vlm_tensors = load_tensors(world["vlm"])

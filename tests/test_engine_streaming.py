@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from core_helpers import load_tensors, perturb, write_recipe
+from core_helpers import load_tensors, perturb
 from vlmmerge.checkpoint import Checkpoint, PlannedTensor, StreamingSafetensorsWriter, atomic_output_dir
 from vlmmerge.checkpoint.files import SafetensorsFile
 from vlmmerge.engine import HALF_INPUT_METHODS, merge_tensor, plan_merge, run_merge

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from core_helpers import load_tensors, make_world
+from core_helpers import load_tensors, make_evolve_world
 from vlmmerge.cli import main as cli_main
 from vlmmerge.engine import run_merge
 from vlmmerge.errors import VlmMergeError
 from vlmmerge.evaluation import EvalResult, load_model_for_eval
-from vlmmerge.evaluation.toy import write_benchmark_copy, write_toy_caption_set
+from vlmmerge.evaluation.toy import write_benchmark_copy
 from vlmmerge.live import LiveMerge
 from vlmmerge.recipe import load_recipe
 from vlmmerge.search import Journal, SearchSpace, dry_run, run_evolution
@@ -32,10 +32,7 @@ GENERATION = {"max_new_tokens": 32, "num_beams": 1}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scored")
-    paths = make_world(root, "llava")
-    paths["set"] = write_toy_caption_set(root / "sets" / "toy_caption")
-    return paths
+    return make_evolve_world(tmp_path_factory.mktemp("scored"))
 
 
 def _recipe(world, dtype="float32", task=None, **evolve):

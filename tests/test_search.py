@@ -12,15 +12,14 @@ import torch
 import yaml
 from PIL import Image
 
-from core_helpers import load_tensors, make_world
+from core_helpers import load_tensors, make_evolve_world
 from vlmmerge.cli import main as cli_main
 from vlmmerge.engine import run_merge
 from vlmmerge.errors import RecipeError, VlmMergeError
 from vlmmerge.evaluation import EvalResult, paired_bootstrap_diff
-from vlmmerge.evaluation.toy import write_toy_caption_set
 from vlmmerge.live import LiveMerge
 from vlmmerge.recipe import load_recipe
-from vlmmerge.search import EvolveConfig, Journal, SearchSpace, dry_run, layer_groups, run_cma, run_evolution
+from vlmmerge.search import EvolveConfig, Journal, SearchSpace, dry_run, layer_groups, run_cma
 from vlmmerge.search.evolve import split_evolve
 from vlmmerge.search.report import slug
 
@@ -29,10 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    paths = make_world(root, "llava")
-    paths["set"] = write_toy_caption_set(root / "sets" / "toy_caption")
-    return paths
+    return make_evolve_world(tmp_path_factory.mktemp("search"))
 
 
 def _recipe(world, **evolve):
