@@ -113,20 +113,20 @@ def test_merge_random_methods_use_the_generator():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_leaves_inputs_untouched_and_returns_float32(name):
     method = get_method(name)
-    base, ft = registry_inputs(2 if name in ("nuslerp", "slerp") else 3, shape=(8, 6), seed=1)
-    if name == "slerp":
-        ft = ft[:1]
+    # the most models the method takes, at most 4, the base included
+    base, ft = registry_inputs(min(4, method.max_models or 4) - 1, shape=(8, 6), seed=1)
     base16, ft16 = base.to(torch.bfloat16), [f.to(torch.bfloat16) for f in ft]
     snapshot = [x.clone() for x in [base16, *ft16]]
-    params = [{k: (0.5 if v is None else v) for k, v in method.model_params.items()} for _ in ft16]
-    global_params = {"t": 0.3} if name == "slerp" else {}
+    one = {k: (0.5 if v is None else v) for k, v in method.model_params.items()}
+    params = [dict(one) for _ in ft16]
+    global_params = {"t": 0.3} if "t" in method.global_params else {}
     generator = torch.Generator().manual_seed(0) if method.random else None
     if method.takes_base:
         out = method.merge(base16, ft16, params, global_params, generator)
         reference = method.merge(base16.float(), [f.float() for f in ft16], params, global_params,
                                  torch.Generator().manual_seed(0) if method.random else None)
     else:
-        params = params + [dict(params[0])]
+        params = params + [dict(one)]
         out = method.merge(None, [base16, *ft16], params, global_params, generator)
         reference = method.merge(None, [x.float() for x in [base16, *ft16]], params, global_params)
     assert out.dtype == torch.float32 and out.shape == base.shape

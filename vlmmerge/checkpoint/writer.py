@@ -228,7 +228,7 @@ class StreamingSafetensorsWriter:
         if planned.nbytes:
             shard = self._shard_of[name]
             self._write_flat(shard, shard.offsets[name], tensor.reshape(-1), planned.dtype, check)
-        if len(self._written) == max(1, len(self._planned) // 2):
+        if len(self._written) >= max(1, len(self._planned) // 2):  # >=: parallel writers may skip the exact count
             fault_point("mid-shard")
 
     def write_parts(

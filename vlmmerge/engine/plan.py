@@ -203,7 +203,7 @@ def plan_job(job: MergeJob, open_source: Callable[[str], Source] = Source.open, 
     method = get_method(recipe.merge_method)
     if method.needs_base and not recipe.base_model:
         raise RecipeError(f"base_model: merge_method {method.name} needs a `base_model`")
-    validate_parameter_names(recipe, method)
+    ignored_params = validate_parameter_names(recipe, method)
     tokenizer_ref = recipe.tokenizer_ref
     if tokenizer_ref not in (None, "base", "union") and tokenizer_ref not in recipe.model_refs:
         refs = [*recipe.model_refs, tokenizer_ref]
@@ -231,7 +231,7 @@ def plan_job(job: MergeJob, open_source: Callable[[str], Source] = Source.open, 
     host_rows = kept_host_rows(host.anatomy, reports, shared_rows)
     tensors = [plan_tensor(host, name, shared_rows, host_rows) for name in host.checkpoint.names]
     output_dtype = parse_dtype(recipe.output_dtype) or host.checkpoint.dtype
-    notes = list(dict.fromkeys(note for report in reports for note in report.notes()))
+    notes = list(dict.fromkeys([*ignored_params, *(note for report in reports for note in report.notes())]))
     return MergePlan(
         recipe, method, host, base, members, tokenizer_source, tensors, output_dtype, sources, notes,
         compute_dtype=job.options.compute_dtype,

@@ -15,6 +15,12 @@ from torch import Tensor
 
 from vlmmerge.errors import IncompatibleModelsError, RecipeError
 from vlmmerge.methods import interpolation, task_vectors
+from vlmmerge.methods.arcee_fusion import arcee_fusion
+from vlmmerge.methods.ram import ram, ramplus_tl
+from vlmmerge.methods.multislerp import multislerp
+from vlmmerge.methods.nearswap import nearswap
+from vlmmerge.methods.passthrough import passthrough
+from vlmmerge.methods.sce import sce
 from vlmmerge.methods.masks import Generators
 from vlmmerge.methods.sparsify import RESCALE_NORMS
 
@@ -303,6 +309,45 @@ def _build_methods() -> dict[str, MergeMethod]:
             max_models=None,
             fn=interpolation.karcher,
             description="Karcher mean on the sphere of equally weighted models.",
+        ),
+        MergeMethod(
+            name="passthrough", needs_base=False, model_params=MappingProxyType({"scale": 1.0}),
+            global_params=MappingProxyType({}), random=False, min_models=1, max_models=1, fn=passthrough,
+            description="Copy of the one model, each tensor times its `scale`.",
+        ),
+        MergeMethod(
+            name="nearswap", needs_base=True, model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"t": None}), random=False, min_models=2, max_models=2, fn=nearswap,
+            description="Base, swapped to the other model where they differ by less than t.",
+        ),
+        MergeMethod(
+            name="multislerp", needs_base=False, accepts_base=True, model_params=MappingProxyType({"weight": None}),
+            global_params=MappingProxyType({"normalize_weights": True, "eps": 1e-8}), random=False,
+            min_models=1, max_models=None, fn=multislerp,
+            description="Barycentric SLERP of any number of models (of task vectors with a base).",
+        ),
+        MergeMethod(
+            name="sce", needs_base=True, model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"int8_mask": False, "select_topk": 1.0}), random=False,
+            min_models=1, max_models=None, fn=sce, inert_params=frozenset({"int8_mask"}),
+            description="SCE: top-variance selection, energy weights, sign-consensus erase.",
+        ),
+        MergeMethod(
+            name="arcee_fusion", needs_base=True, model_params=MappingProxyType({}),
+            global_params=MappingProxyType({}), random=False, min_models=2, max_models=2, fn=arcee_fusion,
+            description="Base, taking the other model's value where its importance is an outlier.",
+        ),
+        MergeMethod(
+            name="ram", needs_base=True, model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"epsilon": 1e-5}), random=False,
+            min_models=1, max_models=None, fn=ram,
+            description="RAM: unique task-vector entries kept, shared ones averaged.",
+        ),
+        MergeMethod(
+            name="ramplus_tl", needs_base=True, model_params=MappingProxyType({}),
+            global_params=MappingProxyType({"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}), random=False,
+            min_models=1, max_models=None, fn=ramplus_tl,
+            description="RAM+ (tensor-local): RAM with unique entries rescaled by the shared/unique ratio.",
         ),
     ]
     return {method.name: method for method in methods}
