@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from vlmmerge.anatomy.families import Family, family_for_architecture, supported_architectures
+from vlmmerge.anatomy.families import Family, family_for_architecture, generic_causal_lm, supported_architectures
 from vlmmerge.anatomy.vocab import load_vocab
 from vlmmerge.checkpoint import Checkpoint
 from vlmmerge.errors import UnsupportedArchitectureError
@@ -30,7 +30,10 @@ SPECIAL_TOKEN_ATTRS = (
     "image_seq_token_id",
 )
 
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+# Decoder-layer containers across architectures: Llama-likes `model.layers.N.`, GPT-2 / Falcon
+# `transformer.h.N.`, MPT `transformer.blocks.N.`; the first (outermost) match is the layer.
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+_NUM_LAYERS_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
 LM_PREFIX = "model."
 
 
@@ -40,11 +43,18 @@ class Anatomy:
     family: Family = field(init=False)
 
     def __post_init__(self) -> None:
-        family = family_for_architecture(self.checkpoint.architecture)
+        architecture = self.checkpoint.architecture
+        family = family_for_architecture(architecture)
+        if family is None:
+            family = generic_causal_lm(architecture, self.checkpoint.config.model_type)
+            if family is not None:
+                head = self._module_weight_name(self.checkpoint.mapper.model.get_output_embeddings(), "head")
+                family = replace(family, head=head.removesuffix("weight"))
         if family is None:
             raise UnsupportedArchitectureError(
                 f"{self.checkpoint.path}: architecture {self.checkpoint.architecture!r} is not supported; "
-                f"supported: {', '.join(supported_architectures())}"
+                f"supported: {', '.join(supported_architectures())}, and any causal LM class transformers "
+                "maps its model_type to"
             )
         self.family = family
 
@@ -59,11 +69,27 @@ class Anatomy:
 
     @property
     def num_layers(self) -> int:
-        return int(self.text_config.num_hidden_layers)
+        config = self.text_config
+        for attr in _NUM_LAYERS_ATTRS:
+            if isinstance(getattr(config, attr, None), int):
+                return int(getattr(config, attr))
+        raise UnsupportedArchitectureError(
+            f"{self.checkpoint.path}: config has none of {', '.join(_NUM_LAYERS_ATTRS)}; cannot count layers"
+        )
 
     @cached_property
     def embed_name(self) -> str:
-        return f"{self.family.language}embed_tokens.weight"
+        if self.family.language:
+            return f"{self.family.language}embed_tokens.weight"
+        return self._module_weight_name(self.checkpoint.mapper.model.get_input_embeddings(), "input embeddings")
+
+    def _module_weight_name(self, module, what: str) -> str:
+        for name, candidate in self.checkpoint.mapper.model.named_modules():
+            if candidate is module:
+                return f"{name}.weight"
+        raise UnsupportedArchitectureError(
+            f"{self.checkpoint.path}: cannot find the {what} of {self.checkpoint.architecture}"
+        )
 
     @property
     def head_name(self) -> str:
@@ -127,12 +153,12 @@ class Anatomy:
     def to_lm_name(self, name: str) -> str:
         """Runtime name in this model -> the name of the same tensor in a standalone causal LM."""
         prefix = self.family.language
-        if name.startswith(prefix):
+        if self.is_vlm and name.startswith(prefix):
             return LM_PREFIX + name[len(prefix):]
         return name
 
     def from_lm_name(self, lm_name: str) -> str:
-        if lm_name.startswith(LM_PREFIX) and not lm_name.startswith(self.family.head):
+        if self.is_vlm and lm_name.startswith(LM_PREFIX) and not lm_name.startswith(self.family.head):
             return self.family.language + lm_name[len(LM_PREFIX):]
         return lm_name
 

@@ -88,5 +88,18 @@ def family_for_architecture(architecture: str) -> Family | None:
     return _BY_CLASS.get(architecture)
 
 
+def generic_causal_lm(architecture: str, model_type: str, head: str = "lm_head.") -> Family | None:
+    """A text-only family for a causal LM outside the table (Granite, GPT-2, Falcon, GraniteMoE, ...):
+    every tensor but the head is language side. Only transformers' own causal-LM class for the
+    config's model_type qualifies, so a VLM or an encoder never falls through to it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    if architecture not in names:
+        return None
+    return Family("generic_causal_lm", (architecture,), language="", head=head)
+
+
 def supported_architectures() -> list[str]:
     return sorted(_BY_CLASS)

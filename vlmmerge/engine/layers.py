@@ -22,7 +22,8 @@ PER_LAYER_VALUES = ("layer_types", "no_rope_layers", "activation_sparsity_patter
 LAYER_INDEX_LISTS = ("mlp_only_layers",)
 # Qwen2-family threshold: layers below it use full attention (when `use_sliding_window`).
 WINDOW_THRESHOLD = "max_window_layers"
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
+# the decoder-layer index in a tensor name (`.layers.N.`, GPT-2 / Falcon `.h.N.`, `.blocks.N.`): the first match
+_LAYER = re.compile(r"(?P<head>(?:^|\.)(?:layers|h|blocks|block)\.)\d+\.")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class StackedLayer:
 
 def with_layer(name: str, layer: int) -> str:
     """`name` with its decoder-layer index replaced."""
-    return _LAYER.sub(f".layers.{layer}.", name, count=1)
+    return _LAYER.sub(lambda m: f"{m['head']}{layer}.", name, count=1)
 
 
 def stack_plan(plan: MergePlan, layers: Sequence[StackedLayer], head_from: str | None = None) -> MergePlan:
