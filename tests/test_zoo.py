@@ -61,13 +61,6 @@ def test_lms_load_with_auto_classes_and_generate(micro: ZooPaths, name: str):
 
 def test_sources_share_the_base_architecture(micro: ZooPaths):
     """All language sides have the base's tensor names and shapes (they are fine-tunes of it)."""
-    from vlmmerge.engine import Source
-
-    def language(path):
-        source = Source.open(str(path))
-        names = source.anatomy.language_names() if hasattr(source.anatomy, "language_names") else None
-        return source, names
-
     from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
     base = LlamaForCausalLM.from_pretrained(micro.base).state_dict()

@@ -1,11 +1,11 @@
 """All-or-nothing output folders: every command that writes a folder stages it here.
 
-A folder is written into a hidden sibling (`.NAME.tmp-PID-XXXX`, made with `mkdir`, so it gets
+A folder is written into a hidden sibling (`.NAME.tmp-PID-<8 random hex digits>`, made with `mkdir`, so it gets
 the mode any new folder gets), its files and folders are fsynced, and only then is it renamed to
 NAME; the parent is fsynced after the rename, so a power loss cannot leave a renamed folder with
 empty files. Replacing an existing folder swaps the two atomically (Linux `renameat2`
 RENAME_EXCHANGE) and deletes the old one afterwards; where the file system cannot swap, the old
-folder is moved aside (`.NAME.old-PID-XXXX`), the new one renamed in, then the old one deleted.
+folder is moved aside (`.NAME.old-PID-<hex>`), the new one renamed in, then the old one deleted.
 A crash at any point leaves NAME either absent, old or new and complete: siblings left by a dead
 process are removed (or, for an old folder whose replacement never arrived, moved back) the next
 time anything is written to NAME.

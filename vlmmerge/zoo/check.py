@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmmerge.zoo.build import ZooPaths
-from vlmmerge.zoo.world_table import METRICS, TASKS, score_world, world_table_markdown
+from vlmmerge.zoo.world_table import METRICS, TASKS, WorldRow, score_world, world_table_markdown
 
 
 def _load(name: str, eval_sets: Path | None):
@@ -77,11 +77,8 @@ class CheckReport:
     zoo: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
-        constant = {"name": "constant answer", "kind": "baseline",
-                    "scores": {t: c["value"] for t, c in self.constants.items()},
-                    "ci": {t: c["ci"] for t, c in self.constants.items()}}
-        constant["headroom"] = {"three skills": min(constant["scores"]["ja_caption"], constant["scores"]["ja_math"]),
-                                "English kept": min(constant["scores"]["en_caption"], constant["scores"]["ja_caption"])}
+        constant = WorldRow("constant answer", "baseline", {t: c["value"] for t, c in self.constants.items()},
+                            {t: c["ci"] for t, c in self.constants.items()}).to_json()
         return world_table_markdown(self.rows + [constant])
 
     def clip_table(self) -> str:

@@ -41,13 +41,10 @@ def world_arg(spec: WorldSpec) -> str:
 
 
 def _journal(path: Path, optimizer: str) -> list[float]:
-    fitness: dict[int, float] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            if entry.get("optimizer") == optimizer:
-                fitness[int(entry["index"])] = float(entry["fitness"])
-    return [fitness[i] for i in sorted(fitness)]
+    """Fitness of each journaled evaluation of `optimizer`, in index order."""
+    from vlmmerge.search.journal import Journal
+
+    return [entry.fitness for entry in Journal(path).of(optimizer)]
 
 
 def best_so_far(values: Sequence[float]) -> list[float]:
