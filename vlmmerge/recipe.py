@@ -71,6 +71,9 @@ class Recipe(BaseModel):
     seed: int = 0
     options: MergeOptions = Field(default_factory=MergeOptions)
     evolve: dict[str, Any] | None = None  # validated by vlmmerge.search
+    tune: dict[str, Any] | None = None  # learned merges (`vlmmerge tune`), validated by vlmmerge.learn
+    # which components of the models merge (language, vision, projector); None: every component all models share
+    components: list[str] | None = None
 
     @field_validator("models")
     @classmethod
