@@ -9,7 +9,7 @@ import os
 import sys
 
 # Order is the order shown in `vlmmerge --help`. Helpers add their command's module name here.
-COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "demo", "zoo")
+COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "tune", "demo", "zoo")
 
 DESCRIPTION = (
     "Merge a vision-language model with specialist language models (or LLMs with LLMs) from "
