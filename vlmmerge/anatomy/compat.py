@@ -54,7 +54,9 @@ class Compatibility:
             and self.vocabulary.other_extra_rows == 0
         )
 
-    def problems(self) -> list[str]:
+    def problems(self, vocabulary: bool = True) -> list[str]:
+        """What stops the merge; without `vocabulary`, row counts and tokens are not compared (the
+        merge re-indexes the vocabulary, `vlmmerge.vocab`)."""
         out = [
             f"tensor {m.lm_name}: shape {m.shape} in {self.model} but {m.other_shape} in {self.other}"
             for m in self.shape_mismatches
@@ -67,6 +69,8 @@ class Compatibility:
         if self.only_there:
             out.append(f"{self.other} has language tensors that {self.model} lacks: {self.only_there[:5]}")
         vocab = self.vocabulary
+        if not vocabulary:
+            return out
         if vocab.other_extra_rows:
             out.append(
                 f"{self.other} has {vocab.other_rows} vocabulary rows, more than {self.model}'s {vocab.rows}: "
@@ -108,8 +112,8 @@ class Compatibility:
             )
         return out
 
-    def raise_if_incompatible(self) -> None:
-        problems = self.problems()
+    def raise_if_incompatible(self, vocabulary: bool = True) -> None:
+        problems = self.problems(vocabulary)
         if problems:
             raise IncompatibleModelsError("; ".join(problems))
 

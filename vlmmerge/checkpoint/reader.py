@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from vlmmerge.checkpoint.files import WeightFiles, resolve_model_path
-from vlmmerge.checkpoint.naming import KeyMapper
+from vlmmerge.checkpoint.naming import FusedPart, KeyMapper
 from vlmmerge.errors import CheckpointError
 
 
@@ -33,7 +33,10 @@ class Checkpoint:
 
     `names` are the runtime names present on disk (a tied `lm_head.weight` is absent, as in
     transformers' own saves). Keys that map to nothing in the model (stale buffers such as
-    `rotary_emb.inv_freq`) are listed in `ignored_keys` and never read.
+    `rotary_emb.inv_freq`) are listed in `ignored_keys` and never read. A runtime tensor that
+    transformers fuses from several stored ones on load (Mixtral / Qwen-MoE per-expert weights
+    stacked into `experts.gate_up_proj`) is one name here, built by transformers' own conversion
+    when read (`disk_key` is then its first part).
     """
 
     def __init__(self, source: str | Path, revision: str | None = None, trust_remote_code: bool = False):
@@ -53,10 +56,14 @@ class Checkpoint:
         self._infos: dict[str, TensorInfo] = {}
         self.ignored_keys: list[str] = []
         runtime_shapes = self.mapper.runtime_shapes
+        self._fused: dict[str, list[FusedPart]] = {}  # runtime name -> its stored parts (MoE experts)
         for disk_key in self.files.key_to_file:
-            name = self.mapper.to_runtime(disk_key)
+            name, part = self.mapper.resolve(disk_key)
             if name not in runtime_shapes:
                 self.ignored_keys.append(disk_key)
+                continue
+            if part is not None:
+                self._fused.setdefault(name, []).append(part)
                 continue
             if name in self._infos:
                 raise CheckpointError(
@@ -69,6 +76,20 @@ class Checkpoint:
                     f"{runtime_shapes[name]} for {name!r}"
                 )
             self._infos[name] = TensorInfo(name, disk_key, tuple(shape), dtype)
+        for name, parts in self._fused.items():
+            self._infos[name] = self._fused_info(name, parts, runtime_shapes[name])
+
+    def _fused_info(self, name: str, parts: list[FusedPart], shape: tuple[int, ...]) -> TensorInfo:
+        """A runtime tensor fused from several stored ones: its element count must be theirs."""
+        if name in self._infos:
+            raise CheckpointError(f"{self.path}: {name!r} is stored both whole and in parts ({parts[0].disk_key!r})")
+        stored = [self.files.shape_and_dtype(p.disk_key) for p in parts]
+        if sum(math.prod(s) for s, _ in stored) != math.prod(shape) or len({d for _, d in stored}) != 1:
+            raise CheckpointError(
+                f"{self.path}: the {len(parts)} stored parts of {name!r} (e.g. {parts[0].disk_key!r}) do not "
+                f"make its shape {shape} in one dtype; is an expert missing?"
+            )
+        return TensorInfo(name, parts[0].disk_key, tuple(shape), stored[0][1])
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.source!r}, {self.architecture}, {len(self._infos)} tensors)"
@@ -92,7 +113,14 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no tensor {name!r}") from None
 
     def get(self, name: str) -> torch.Tensor:
-        return self.files.read(self.info(name).disk_key)
+        info = self.info(name)
+        parts = self._fused.get(name)
+        if parts is None:
+            return self.files.read(info.disk_key)
+        value = self.mapper.fuse(name, parts, self.files.read)
+        if tuple(value.shape) != info.shape:
+            raise CheckpointError(f"{self.path}: fusing the parts of {name!r} gave shape {tuple(value.shape)}, not {info.shape}")
+        return value
 
     @cached_property
     def num_parameters(self) -> int:

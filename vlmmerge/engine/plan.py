@@ -11,19 +11,23 @@ config follow from the plan.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlmmerge.anatomy import Anatomy, Compatibility, compare, kept_host_rows
+from vlmmerge.anatomy.components import VISUAL, check_visual_shapes, choose_components, merges, model_components, vision_layers
 from vlmmerge.checkpoint import Checkpoint
 from vlmmerge.engine.job import MergeJob, parse_dtype
 from vlmmerge.engine.params import resolve_global_params, resolve_model_params, validate_parameter_names
 from vlmmerge.errors import IncompatibleModelsError, RecipeError
 from vlmmerge.methods import MergeMethod, get_method
 from vlmmerge.recipe import ModelEntry, Recipe
+from vlmmerge.vocab import Vocabulary, VocabModel, align_vocabulary, build_vocabulary, tokenizer_settings
+from vlmmerge.vocab.build import TokenizerSettings
+from vlmmerge.vocab.chat_template import resolve_chat_template
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Source:
     def lm_runtime_name(self, lm_name: str) -> str:
         anatomy = self.anatomy
         runtime = anatomy.lm_view.get(lm_name)
+        if runtime is None and lm_name in self.checkpoint and anatomy.component(lm_name) in VISUAL:
+            runtime = lm_name  # vision / projector tensors merge by their runtime name
         if runtime is None and anatomy.tied and lm_name == anatomy.to_lm_name(anatomy.head_name):
             runtime = anatomy.embed_name
         if runtime is None:
@@ -134,6 +140,21 @@ class MergePlan:
     compute_dtype: torch.dtype = torch.float32
     layers: tuple[LayerOrigin, ...] | None = None  # None: the host's own decoder layers, in order
     tied: bool | None = None  # None: as the host (a plan that writes its own head unties it)
+    components: tuple[str, ...] = ("language",)  # what merges (`vlmmerge.anatomy.components`); the rest is the host's
+    vocabulary: Vocabulary | None = None  # mergekit's re-indexed vocabulary (`tokenizer_source`), None: rows as stored
+    chat_template: str | None = None  # the recipe's `chat_template`, resolved; None: the tokenizer source's
+
+    def aligned_vocabulary_inputs(self, base: torch.Tensor | None, members: list[torch.Tensor]):
+        """A vocabulary tensor's method inputs re-indexed to `vocabulary` (mergekit's PermutedVocabulary)."""
+        refs = ([self.base.ref] if base is not None else []) + [m.source.ref for m in self.members]
+        aligned = align_vocabulary(self.vocabulary, dict(zip(refs, [*([base] if base is not None else []), *members])),
+                                   self.recipe.base_model)
+        return (aligned[refs[0]] if base is not None else None), [aligned[r] for r in refs[len(refs) - len(members):]]
+
+    @property
+    def copied_components(self) -> tuple[str, ...]:
+        """Mergeable components the host has that this plan copies from it."""
+        return tuple(c for c in model_components(self.host.anatomy) if c not in self.components)
 
     @property
     def is_vlm(self) -> bool:
@@ -204,7 +225,8 @@ def plan_job(job: MergeJob, open_source: Callable[[str], Source] = Source.open, 
     if method.needs_base and not recipe.base_model:
         raise RecipeError(f"base_model: merge_method {method.name} needs a `base_model`")
     ignored_params = validate_parameter_names(recipe, method)
-    tokenizer_ref = recipe.tokenizer_ref
+    settings = tokenizer_settings(recipe.tokenizer_source, recipe.tokenizer)
+    tokenizer_ref = settings.source if settings else None
     if tokenizer_ref not in (None, "base", "union") and tokenizer_ref not in recipe.model_refs:
         refs = [*recipe.model_refs, tokenizer_ref]
     else:
@@ -218,36 +240,83 @@ def plan_job(job: MergeJob, open_source: Callable[[str], Source] = Source.open, 
     check_model_count(method, len(members) + (base is not None))
 
     participants = ([base] if base else []) + [m.source for m in members]
-    reports = compare_with_host(host, participants, check_compatibility)
+    vocabulary = plan_vocabulary(settings, recipe, sources, host)
+    reports = compare_with_host(host, participants, check_compatibility, vocabulary=vocabulary is None)
+    pairs = [(s.ref, s.anatomy) for s in participants]
+    components = choose_components(recipe.components, (host.ref, host.anatomy), pairs)
+    if check_compatibility:
+        check_visual_shapes((host.ref, host.anatomy), pairs, components)
 
     if tokenizer_ref in (None, "base", "union"):
-        if tokenizer_ref == "union":
-            raise RecipeError("tokenizer_source: 'union' is not supported; name a model or use 'base'")
         tokenizer_source = host if host.anatomy.is_vlm else (sources.get(recipe.base_model or "") or host)
     else:
         tokenizer_source = sources[tokenizer_ref]
 
     shared_rows = min(s.anatomy.vocab_rows for s in [host, *participants])
     host_rows = kept_host_rows(host.anatomy, reports, shared_rows)
-    tensors = [plan_tensor(host, name, shared_rows, host_rows) for name in host.checkpoint.names]
+    tensors = [plan_tensor(host, name, shared_rows, host_rows, components) for name in host.checkpoint.names]
+    if vocabulary is not None:
+        tensors = [reindexed(t, vocabulary.rows) for t in tensors]
     output_dtype = parse_dtype(recipe.output_dtype) or host.checkpoint.dtype
     notes = list(dict.fromkeys([*ignored_params, *(note for report in reports for note in report.notes())]))
-    return MergePlan(
+    plan = MergePlan(
         recipe, method, host, base, members, tokenizer_source, tensors, output_dtype, sources, notes,
-        compute_dtype=job.options.compute_dtype,
+        compute_dtype=job.options.compute_dtype, components=components, vocabulary=vocabulary,
+        chat_template=resolve_chat_template(recipe.chat_template, [sources[r].checkpoint.path for r in recipe.model_refs]),
     )
+    if host.anatomy.is_vlm:
+        copied = ", ".join(plan.copied_components) or "none"
+        plan.notes.append(f"components merged: {', '.join(components)}; copied from the host {host.ref}: {copied}")
+    return plan
 
 
-def compare_with_host(host: Source, participants: Sequence[Source], check: bool = True) -> list[Compatibility]:
+def plan_vocabulary(settings: TokenizerSettings | None, recipe: Recipe, sources: Mapping[str, Source],
+                    host: Source) -> Vocabulary | None:
+    """mergekit's output vocabulary for a text-only merge with a tokenizer source; None when there is
+    no source, or when every model keeps its own rows (same tokens at the same ids, same row count:
+    the stored rows are kept, padding rows included). A VLM host keeps its own vocabulary handling."""
+    if settings is None:
+        return None
+    plain = not settings.tokens and not settings.pad_to_multiple_of
+    vlm = host.anatomy.is_vlm
+    if vlm and (not plain or settings.source != "union"):
+        if plain:
+            return None  # a named tokenizer (or the base's) is copied; rows as stored, image-token rows kept
+        raise RecipeError("tokenizer.tokens / pad_to_multiple_of: supported for text-only merges; a VLM host "
+                          "keeps its own vocabulary (image-token rows)")
+    base_ref = recipe.base_model or recipe.models[0].model
+    refs = list(dict.fromkeys([*recipe.model_refs, *([settings.source] if settings.source in sources else [])]))
+    models = [VocabModel(ref, sources[ref].checkpoint.path, sources[ref].anatomy.vocab_rows) for ref in refs]
+    vocabulary = build_vocabulary(settings, base_ref, models)
+    merged_refs = recipe.model_refs
+    vocabulary.permutations = {r: p for r, p in vocabulary.permutations.items() if r in merged_refs}
+    rows = {sources[r].anatomy.vocab_rows for r in merged_refs} | {host.anatomy.vocab_rows}
+    if plain and len(rows) == 1 and vocabulary.is_identity(rows.pop()):
+        return None
+    if vlm:
+        raise RecipeError("tokenizer_source: union would re-index the vocabulary of a VLM (its image-token rows); "
+                          "supported for text-only merges; name a model or use 'base'")
+    return vocabulary
+
+
+def reindexed(tensor: TensorPlan, rows: int) -> TensorPlan:
+    """A vocabulary tensor merged whole over the re-indexed rows."""
+    if tensor.component not in ("embeddings", "head") or not tensor.merged:
+        return tensor
+    return replace(tensor, merged_rows=None, host_rows=(), shape=(rows, *tensor.shape[1:]))
+
+
+def compare_with_host(host: Source, participants: Sequence[Source], check: bool = True,
+                      vocabulary: bool = True) -> list[Compatibility]:
     """`compare(host, model)` for every other model of the merge; with `check`, the first problem
     found raises (before anything is read or written). Tokenizers are read once per model."""
     reports = []
     for other in {id(s): s for s in participants}.values():
         if other is host:
             continue
-        report = compare(host.anatomy, other.anatomy)
+        report = compare(host.anatomy, other.anatomy, check_tokens=vocabulary)
         if check:
-            report.raise_if_incompatible()
+            report.raise_if_incompatible(vocabulary=vocabulary)
         reports.append(report)
     return reports
 
@@ -259,13 +328,17 @@ def relative_depth(layer: int | None, layers: int) -> float:
     return layer / (layers - 1) if layers > 1 else 1.0
 
 
-def plan_tensor(host: Source, name: str, shared_rows: int, special_rows: tuple[int, ...]) -> TensorPlan:
-    """The host tensor `name`, merged (language side) or copied (vision, projector, buffers)."""
+def plan_tensor(host: Source, name: str, shared_rows: int, special_rows: tuple[int, ...],
+                components: Sequence[str] = ("language",)) -> TensorPlan:
+    """The host tensor `name`, merged (a component in `components`) or copied (the rest, and buffers)."""
     anatomy = host.anatomy
     info = host.checkpoint.info(name)
     component = anatomy.component(name)
-    if component not in ("embeddings", "language", "head"):
+    if not merges(component, components) or (component in VISUAL and not info.dtype.is_floating_point):
         return TensorPlan(name, component, read=TensorRead(host.ref, name), shape=info.shape, dtype=info.dtype)
+    if component in VISUAL:
+        depth = relative_depth(anatomy.layer_index(name), vision_layers(anatomy)) if component == "vision" else 0.0
+        return TensorPlan(name, component, lm_name=name, t=depth, shape=info.shape, dtype=info.dtype)
     t = relative_depth(anatomy.layer_index(name), anatomy.num_layers)
     plan = TensorPlan(name, component, lm_name=anatomy.to_lm_name(name), t=t, shape=info.shape, dtype=info.dtype)
     if component in ("embeddings", "head"):

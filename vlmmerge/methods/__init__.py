@@ -5,7 +5,8 @@ Semantics follow mergekit 0.1.5 (see README.md in this folder for the deliberate
 
 from vlmmerge.methods.interpolation import karcher, linear, model_stock, nuslerp, nuslerp_merge, slerp
 from vlmmerge.methods.masks import draw_uniforms, mask_generators, mask_seed
-from vlmmerge.methods.registry import METHODS, MergeMethod, get_method
+from vlmmerge.methods.registry import MergeMethod
+from vlmmerge.methods.table import METHODS, get_method
 from vlmmerge.methods.sparsify import (
     RESCALE_NORMS,
     dare_mask,
