@@ -92,3 +92,50 @@ def test_io_floor_copies_the_first_input(bench, tmp_path):
     for file in paths["base"].glob("*.safetensors"):
         ours, theirs = load_file(tmp_path / "floor" / file.name), load_file(file)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_candidate_speed_runs_tiny_and_writes_its_block_and_json(tmp_path, monkeypatch):
+    speed = _script("candidate_speed")
+    doc, out = tmp_path / "benchmarks.md", tmp_path / "candidate_speed.json"
+    doc.write_text("# B\n\n<!-- candidate-speed:start -->\nold\n<!-- candidate-speed:end -->\n\n## After\nkeep me\n")
+    monkeypatch.setattr(sys, "argv", ["candidate_speed.py", "--hidden", "64", "--layers", "1", "--repeats", "1",
+                                      "--methods", "dare_ties,linear", "--doc", str(doc), "--json", str(out)])
+    speed.main()
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["rows"]] == ["dare_ties", "linear"]
+    assert all(r["live_s"] > 0 and r["disk_s"] > 0 for r in result["rows"])
+    assert result["rows"][0]["kept_mask_mib"] > 0 and result["rows"][1]["kept_mask_mib"] == 0
+    text = doc.read_text()
+    assert "| dare_ties |" in text and "keep me" in text and "old" not in text
+
+
+def test_search_throughput_estimate_and_table_from_measured_rows(tmp_path):
+    throughput = _script("search_throughput")
+    measured = tmp_path / "candidate_speed.json"
+    measured.write_text(json.dumps({"rows": [{"method": "ties", "live_over_floor": 10.0, "kept_mask_mib": 0},
+                                             {"method": "dare_ties", "live_over_floor": 10.0, "kept_mask_mib": 5}]}))
+    estimate = throughput.estimate_7b(measured, ns_per_draw=10.0)
+    floor = 7e9 * 2 * 3 / (throughput.GPU_BANDWIDTH_GBS * 1e9)
+    assert estimate["floor_s"] == pytest.approx(floor)
+    ties, dare = estimate["rows"]
+    assert ties["materialise_s"] == pytest.approx(10 * floor)
+    need, kept = 7e9 * 4 * 2, 4 * 1024**3
+    masks = need / (throughput.PCIE_GBS * 1e9) + (need - kept) / 4 * 10e-9
+    assert dare["masks_s"] == pytest.approx(masks) and dare["materialise_s"] == pytest.approx(10 * floor + masks)
+    modes = [{"mode": "local", "startup_s": 0.1, "search_s": 6.0, "evals_per_min": 240.0, "median_candidate_s": 0.2},
+             {"mode": "ray, 2 actor(s)", "startup_s": 6.0, "search_s": 3.0, "evals_per_min": 480.0,
+              "median_candidate_s": 0.2}]
+    result = {"date": "d", "machine": "m", "torch": "t", "threads": 1, "budget": 24, "limit": 40,
+              "same_journal": True, "modes": modes, "estimate_7b": estimate}
+    args = type("Args", (), {"budget": 24, "limit": 40, "actors": "2", "threads": 1})()
+    text = throughput.render(result, args)
+    assert "| ray, 2 actor(s) | 6.0 | 3.0 | 480 | 2.00x | 0.20 |" in text and "Estimate, not measured" in text
+    assert throughput.draw_ns() > 0

@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 
 from vlmmerge.engine import MergePlan, Source, merge_tensor, plan_merge
+from vlmmerge.engine.compute import merged_slices, merges_in_slices
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.methods.masks import DrawnUniforms, mask_seed
 from vlmmerge.recipe import Recipe
+
+
+MASK_CACHE_BYTES = 4 * 1024**3
 
 
 class CachedSource(Source):
@@ -50,11 +55,16 @@ class LiveMerge:
     device: str = "cpu"
     dtype: torch.dtype | None = None  # None: the host's stored dtype (what a recipe without `dtype:` writes)
     load_processor: bool = True  # False: weights only (benchmarks, tuning without generation)
+    # random masks' uniforms kept between candidates (4 bytes per element per model; no draw per
+    # candidate) up to this many bytes; past it, tensors draw afresh (the same numbers, slower)
+    mask_cache_bytes: int = MASK_CACHE_BYTES
     sources: dict[str, CachedSource] = field(init=False)
     model: torch.nn.Module = field(init=False)
     processor: object = field(init=False)
     last_apply_seconds: float = field(init=False, default=0.0)
     _checked: bool = field(init=False, default=False)
+    _uniforms: dict[tuple[int, str, int], DrawnUniforms] = field(init=False, default_factory=dict)
+    _kept_bytes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.sources = {ref: CachedSource(Source.open(ref)) for ref in dict.fromkeys([self.host_ref, *self.refs])}
@@ -101,12 +111,36 @@ class LiveMerge:
         for tensor in plan.tensors:
             if not tensor.merged:
                 continue
-            value = merge_tensor(plan, tensor, device=self.device)
             param = self._params.get(tensor.name)
             if param is None:
                 raise VlmMergeError(f"live model has no parameter {tensor.name!r}")
+            if merges_in_slices(plan, tensor, self.device) and param.device.type == "cpu" and param.is_contiguous():
+                # elementwise methods: cache-sized slices written straight into the parameter (same bits)
+                flat, offset = param.view(-1), 0
+                for piece in merged_slices(plan, tensor, self.device):
+                    flat[offset:offset + piece.numel()].copy_(piece)
+                    offset += piece.numel()
+                continue
+            value = merge_tensor(plan, tensor, device=self.device, generators=self._generators(plan, tensor))
             param.copy_(value.to(device=param.device, dtype=param.dtype))
         self.last_apply_seconds = time.perf_counter() - start
+
+    def _generators(self, plan: MergePlan, tensor) -> list[DrawnUniforms] | None:
+        """A random method's mask generators with kept draws: the uniforms `vlmmerge merge` draws
+        for (recipe seed, tensor, model), drawn on first use only."""
+        if not plan.method.random:
+            return None
+        seed = plan.recipe.seed
+        keys = [(seed, tensor.name, member.index) for member in plan.members]
+        new = sum(k not in self._uniforms for k in keys) * tensor.numel * 4
+        if new and self._kept_bytes + new > self.mask_cache_bytes:
+            return None  # fresh generators of the same seeds: the same masks
+        self._kept_bytes += new
+        return [self._uniforms.setdefault(k, DrawnUniforms(mask_seed(*k))).rewind() for k in keys]
+
+    @property
+    def mask_bytes(self) -> int:
+        return sum(u.nbytes for u in self._uniforms.values())
 
     def materialize(self, recipe: Recipe) -> tuple[torch.nn.Module, object]:
         """The recipe's merge as a ready model (this live model, overwritten) and its processor."""
@@ -124,6 +158,52 @@ class LiveMerge:
     @property
     def host_path(self) -> Path:
         return self.sources[self.host_ref].checkpoint.path
+
+
+@dataclass(frozen=True)
+class LiveMemory:
+    """What one live model holds, in bytes, from checkpoint headers (nothing is loaded)."""
+
+    model: int  # the host model, every tensor in the live dtype
+    cached: dict[str, int]  # per source: its language-side tensors in their stored dtype
+    working: int  # one tensor's merge: every input in float32 plus the output
+    masks: int = 0  # kept uniforms of random masks (DARE, DELLA), at most `LiveMerge.mask_cache_bytes`
+
+    @property
+    def total(self) -> int:
+        return self.model + sum(self.cached.values()) + self.working + self.masks
+
+    def describe(self) -> dict[str, object]:
+        gib = 1024**3
+        return {"total_bytes": self.total, "total_gib": round(self.total / gib, 4), "model_gib": round(self.model / gib, 4),
+                "cached_gib": {ref: round(b / gib, 4) for ref, b in self.cached.items()},
+                "working_gib": round(self.working / gib, 4), "kept_masks_gib": round(self.masks / gib, 4)}
+
+
+def live_memory(sources: dict[str, Source], host_ref: str, refs: Sequence[str],
+                dtype: torch.dtype | None = None, masked_models: int = 0,
+                mask_cache_bytes: int = MASK_CACHE_BYTES) -> LiveMemory:
+    """The memory a `LiveMerge(refs, host_ref, dtype=dtype)` needs, from `sources` (each ref and the
+    host, opened: headers only): the host model in `dtype` (None: its stored dtype), the language
+    tensors of every model in `refs` as cached (only the vocabulary tensors of a host outside
+    `refs`), and the float32 temporaries of merging the largest language tensor."""
+    host = sources[host_ref]
+    size = torch.empty((), dtype=dtype or host.checkpoint.dtype).element_size()
+    infos = [host.checkpoint.info(n) for n in host.checkpoint.names]
+    model = sum(i.numel * (size if i.dtype.is_floating_point else i.dtype.itemsize) for i in infos)
+    cached, largest = {}, 0
+    for ref in dict.fromkeys([host_ref, *refs]):
+        anatomy = sources[ref].anatomy
+        names = anatomy.language_names
+        if ref not in refs:
+            names = [n for n in names if n in (anatomy.embed_name, anatomy.head_name)]
+        tensors = [sources[ref].checkpoint.info(n) for n in names]
+        cached[ref] = sum(t.numel * t.dtype.itemsize for t in tensors)
+        largest = max([largest, *(t.numel for t in tensors)])
+    working = largest * 4 * (len(refs) + 2)
+    host_language = sum(host.checkpoint.info(n).numel for n in host.anatomy.language_names)
+    masks = min(mask_cache_bytes, host_language * 4 * masked_models)
+    return LiveMemory(model, cached, working, masks)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -6,8 +6,9 @@ executor) and the in-memory candidates of a search (`vlmmerge.live`) share this 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -84,14 +85,23 @@ def read_tensor_inputs(plan: MergePlan, tensor: TensorPlan, device: str = "cpu")
         return value.to(device=device, dtype=input_dtype(plan, value.dtype))
 
     base = load(plan.base) if plan.base is not None else None
-    return TensorInputs(host_value, base, [load(m.source) for m in plan.members])
+    members = [load(m.source) for m in plan.members]
+    if plan.vocabulary is not None and tensor.component in ("embeddings", "head"):
+        base, members = plan.aligned_vocabulary_inputs(base, members)  # mergekit's re-indexed rows
+    return TensorInputs(host_value, base, members)
 
 
-def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInputs, device: str = "cpu") -> torch.Tensor:
-    """Run the method on inputs read by `read_tensor_inputs`; the value `merge_tensor` returns."""
+def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInputs, device: str = "cpu",
+                          generators: Sequence[Any] | None = None) -> torch.Tensor:
+    """Run the method on inputs read by `read_tensor_inputs`; the value `merge_tensor` returns.
+    `generators`: the random masks' generators in place of `mask_generators_for` (kept draws of the
+    same seeds, `masks.DrawnUniforms`, for live candidates)."""
     if not tensor.merged:
         return inputs.host_value
-    generators = mask_generators_for(plan, tensor) if plan.method.random else None
+    if plan.method.random and generators is None:
+        generators = mask_generators_for(plan, tensor)
+    elif not plan.method.random:
+        generators = None
     merged = plan.method.merge(inputs.base, inputs.members, plan.member_params(tensor), plan.global_params(tensor), generators)
     merged = merged.to("cpu")
     if inputs.host_value is not None:
@@ -112,9 +122,10 @@ def mask_generators_for(plan: MergePlan, tensor: TensorPlan) -> list[torch.Gener
     return mask_generators(plan.recipe.seed, tensor.name, [member.index for member in plan.members])
 
 
-def merge_tensor(plan: MergePlan, tensor: TensorPlan, device: str = "cpu") -> torch.Tensor:
+def merge_tensor(plan: MergePlan, tensor: TensorPlan, device: str = "cpu",
+                 generators: Sequence[Any] | None = None) -> torch.Tensor:
     """The merged value of one output tensor (float32 unless compute_dtype says otherwise), on CPU."""
-    return combine_tensor_inputs(plan, tensor, read_tensor_inputs(plan, tensor, device), device)
+    return combine_tensor_inputs(plan, tensor, read_tensor_inputs(plan, tensor, device), device, generators)
 
 
 def merges_in_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> bool:

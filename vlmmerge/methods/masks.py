@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 # One generator for every model in turn (mergekit's stream), one per model, or torch's global one.
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Generators = torch.Generator | Sequence[torch.Generator] | Sequence["DrawnUniforms"] | None
 
 
 def mask_seed(seed: int, tensor: str, model: int) -> int:
@@ -32,6 +32,42 @@ def mask_seed(seed: int, tensor: str, model: int) -> int:
 def mask_generators(seed: int, tensor: str, models: Sequence[int]) -> list[torch.Generator]:
     """CPU generators, one per model, seeded by `mask_seed` (whatever device the merge runs on)."""
     return [torch.Generator(device="cpu").manual_seed(mask_seed(seed, tensor, model)) for model in models]
+
+
+class DrawnUniforms:
+    """A mask generator whose draws are kept, for merging the same tensor again and again (live
+    candidates of a search): its k-th draw after `rewind()` is the k-th draw of a fresh CPU
+    generator seeded with `seed`, drawn once, then handed out again (the same float32 numbers, so
+    the same masks). It costs 4 bytes per element drawn; it saves a random draw per merge."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.draws: list[Tensor] = []
+        self.position = 0
+        self._generator: torch.Generator | None = None
+
+    def rewind(self) -> "DrawnUniforms":
+        self.position = 0
+        return self
+
+    def next(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
+        if self.position < len(self.draws):
+            values = self.draws[self.position]
+            if tuple(values.shape) != tuple(shape):
+                raise ValueError(f"draw {self.position} was of shape {tuple(values.shape)}, now {tuple(shape)}")
+        else:
+            if self._generator is None:
+                self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
+            values = torch.rand(shape, generator=self._generator, dtype=torch.float32)
+            self.draws.append(values)
+        self.position += 1
+        return values
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.draws)
 
 
 def generator_for(generators: Generators, index: int, count: int) -> torch.Generator | None:
@@ -57,6 +93,11 @@ def draw_uniforms(
     """
     if out is not None and (out.dtype != torch.float32 or tuple(out.shape) != tuple(shape)):
         out = None
+    if isinstance(generator, DrawnUniforms):
+        kept = generator.next(shape)
+        if out is not None:
+            return out.copy_(kept)
+        return kept.to(device if device is not None else "cpu", copy=True)
     target = torch.device(device) if device is not None else (out.device if out is not None else torch.device("cpu"))
     source = generator.device if generator is not None else target
     if out is not None and out.device == source:
@@ -65,6 +106,21 @@ def draw_uniforms(
     if out is not None:
         return out.copy_(uniforms)
     return uniforms.to(target)
+
+
+def keep_below(
+    shape: torch.Size | tuple[int, ...],
+    threshold: float | Tensor,
+    generator: torch.Generator | DrawnUniforms | None,
+    device: torch.device | str | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """1.0 / 0.0 (in `out` when it is a float32 tensor of `shape`) where the uniforms `draw_uniforms`
+    gives are below `threshold`: kept draws are compared where they lie, without a copy."""
+    if isinstance(generator, DrawnUniforms) and out is not None and out.dtype == torch.float32 \
+            and tuple(out.shape) == tuple(shape):
+        return torch.lt(generator.next(shape), threshold, out=out)
+    return draw_uniforms(shape, generator, device, out=out).lt_(threshold)
 
 
 def dare_mask(

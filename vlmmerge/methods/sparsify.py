@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
-from vlmmerge.methods.masks import dare_mask, draw_uniforms  # noqa: F401  (dare_mask: re-exported)
+from vlmmerge.methods.masks import dare_mask, draw_uniforms, keep_below  # noqa: F401  (dare_mask, draw_uniforms: re-exported)
 
-# Below this many elements `torch.kthvalue` on the whole tensor is already cheap.
-_DIRECT_SELECT_MAX = 1 << 20
+# Below this many elements `torch.kthvalue` on the whole tensor is already cheap; above it (8x the
+# sample) the bracket is ~3x faster (a 0.8M-element MLP matrix: 10 ms instead of 32 ms), same answer.
+_DIRECT_SELECT_MAX = 1 << 17
 # Size of the deterministic sample that brackets the wanted rank in large tensors.
 _SAMPLE_SIZE = 1 << 14
 _CHUNK = 1 << 18
@@ -301,7 +302,7 @@ def dare_sparsify(
         before = _norm_of(delta, rescale_norm, scratch)
     # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
     # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
-    keep = draw_uniforms(delta.shape, generator, delta.device, out=scratch).lt_(density)
+    keep = keep_below(delta.shape, density, generator, delta.device, out=scratch)
     if rescale_norm == "probability":
         if density <= 0:
             return delta.zero_()
@@ -363,7 +364,7 @@ def della_sparsify(
     probabilities = della_keep_probabilities(magnitudes, density, epsilon)
     del magnitudes
     out = scratch.view(probabilities.shape) if scratch is not None else None
-    keep = draw_uniforms(probabilities.shape, generator, delta.device, out=out).lt_(probabilities)
+    keep = keep_below(probabilities.shape, probabilities, generator, delta.device, out=out)
     if rescale_norm == "probability":
         return delta.mul_(keep).div_(probabilities)
     del probabilities

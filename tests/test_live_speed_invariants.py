@@ -1,0 +1,92 @@
+"""Live candidates keep their random masks' uniforms between candidates (no draw per candidate):
+every candidate is still bit for bit what `vlmmerge merge` writes for its recipe, whatever came
+before it, densities >= 1 (which draw nothing) included; a higher density keeps a superset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core_helpers import load_tensors, make_world
+from vlmmerge.engine import run_merge
+from vlmmerge.live import LiveMerge, live_memory
+from vlmmerge.methods.masks import DrawnUniforms, keep_below, mask_generators
+from vlmmerge.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("live-speed"))
+
+
+def _recipe(world, method, densities, weights=(1.0, 0.6), seed=4, dtype="float32"):
+    extra = {"epsilon": 0.05} if method.startswith("della") else {}
+    if method == "linear":
+        densities = [None] * len(densities)
+    return load_recipe({
+        "merge_method": method, "base_model": str(world["base"]), "dtype": dtype, "seed": seed,
+        "models": [{"model": str(world[name]), "parameters": {"weight": w, **({} if d is None else {"density": d}), **extra}}
+                   for name, w, d in zip(("vlm", "ft_a"), weights, densities)],
+    })
+
+
+@pytest.mark.parametrize(("method", "dtype"), [
+    ("dare_ties", "float32"), ("dare_linear", "float32"), ("della", "float32"), ("ties", "float32"),
+    ("task_arithmetic", "float32"), ("linear", "float32"), ("task_arithmetic", "bfloat16"),  # the last two: in slices
+])
+def test_live_candidates_are_the_static_merge(world, tmp_path, method, dtype):
+    live = LiveMerge([str(world["base"]), str(world["vlm"]), str(world["ft_a"])], str(world["vlm"]),
+                     load_processor=False, dtype=getattr(torch, dtype))
+    candidates = [((0.5, 0.3), (1.0, 0.6), 4), ((1.0, 0.7), (0.4, 1.2), 4), ((0.5, 0.3), (1.0, 0.6), 9),
+                  ((0.5, 0.3), (1.0, 0.6), 4)]
+    for number, (densities, weights, seed) in enumerate(candidates):
+        recipe = _recipe(world, method, densities, weights, seed, dtype)
+        live.apply(recipe)
+        out = run_merge(recipe, tmp_path / f"{method}-{number}", progress=False).out_dir
+        state = live.model.state_dict()
+        for name, value in load_tensors(out).items():
+            assert state[name].dtype == value.dtype and torch.equal(state[name], value), (number, name)
+    if method.startswith(("dare", "della")):
+        assert live.mask_bytes > 0  # the draws were kept (two seeds' worth)
+        assert {key[0] for key in live._uniforms} == {4, 9}
+
+
+def test_kept_uniforms_are_a_fresh_generators_draws_and_masks_nest():
+    fresh = mask_generators(3, "model.layers.0.mlp.up_proj.weight", [1])[0]
+    kept = DrawnUniforms(fresh.initial_seed())
+    first = [torch.rand((7, 5), generator=fresh), torch.rand(3, generator=fresh)]
+    for _ in range(2):  # the same two draws after each rewind
+        kept.rewind()
+        assert torch.equal(kept.next((7, 5)), first[0]) and torch.equal(kept.next((3,)), first[1])
+    low = keep_below((7, 5), 0.3, kept.rewind(), out=torch.empty(7, 5))
+    high = keep_below((7, 5), 0.6, kept.rewind(), out=torch.empty(7, 5))
+    assert torch.equal(low, (first[0] < 0.3).float()) and bool((high >= low).all()) and high.sum() > low.sum()
+    assert torch.equal(kept.next((3,)), first[1])  # comparing in place did not change the kept draw
+    with pytest.raises(ValueError, match="was of shape"):
+        kept.rewind().next((5, 7))
+
+
+def test_live_memory_counts_what_the_live_model_caches(world):
+    from vlmmerge.engine import Source
+
+    refs = [str(world["base"]), str(world["vlm"]), str(world["ft_a"])]
+    live = LiveMerge(refs, str(world["vlm"]), load_processor=False)
+    live.apply(_recipe(world, "dare_ties", (0.5, 0.5)))
+    memory = live_memory({ref: Source.open(ref) for ref in refs}, str(world["vlm"]), refs, masked_models=2)
+    assert sum(memory.cached.values()) == live.cached_bytes
+    assert 0.9 * memory.masks <= live.mask_bytes <= memory.masks  # vocabulary rows kept by the host draw less
+
+
+def test_past_the_mask_cache_budget_tensors_draw_afresh_with_the_same_masks(world, tmp_path):
+    refs = [str(world["base"]), str(world["vlm"]), str(world["ft_a"])]
+    recipe = _recipe(world, "dare_ties", (0.5, 0.3))
+    budget = LiveMerge(refs, str(world["vlm"]), load_processor=False, mask_cache_bytes=50_000)
+    for weights in ((0.2, 0.9), (1.0, 0.6)):
+        budget.apply(_recipe(world, "dare_ties", (0.5, 0.3), weights))
+    unlimited = LiveMerge(refs, str(world["vlm"]), load_processor=False)
+    unlimited.apply(recipe)
+    assert 0 < budget.mask_bytes <= 50_000 < unlimited.mask_bytes  # some tensors kept their draws, some not
+    out = run_merge(recipe, tmp_path / "static", progress=False).out_dir
+    state = budget.model.state_dict()
+    for name, value in load_tensors(out).items():
+        assert torch.equal(state[name], value), name
