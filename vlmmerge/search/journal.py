@@ -37,6 +37,10 @@ class JournalEntry:
     seconds: float = 0.0
     error: str | None = None
     attempts: int = 1  # 2 when a transient failure (out of memory, device error) was retried
+    # multi-objective runs: the objective vector (maximised, in `evolve.objectives` order); None otherwise
+    objectives: list[float] | None = None
+    # racing: one record per stage scored ({"items": n, "objectives": [...], "kept": bool}); None: not raced
+    stages: list[dict[str, Any]] | None = None
 
     @property
     def failed(self) -> bool:
@@ -47,7 +51,7 @@ class _Record(BaseModel):
     """The schema of one journal line (fitness null: a failed candidate, -inf in memory)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    optimizer: Literal["cma", "random"]
+    optimizer: Literal["cma", "random", "nsga2", "comocma"]
     index: int = Field(ge=0)
     generation: int = Field(ge=0)
     genome: list[float]
@@ -57,6 +61,11 @@ class _Record(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     attempts: int = Field(default=1, ge=1)
+    objectives: list[float | None] | None = None
+    stages: list[dict[str, Any]] | None = None
+
+
+OPTIONAL_FIELDS = ("objectives", "stages")  # written only when set: single-objective lines stay as they were
 
 
 def parse_line(line: str, where: str) -> JournalEntry:
@@ -70,6 +79,8 @@ def parse_line(line: str, where: str) -> JournalEntry:
     values = record.model_dump()
     if values["fitness"] is None:
         values["fitness"] = float("-inf")
+    if values["objectives"] is not None:
+        values["objectives"] = [float("-inf") if v is None else v for v in values["objectives"]]
     return JournalEntry(**values)
 
 
@@ -77,6 +88,11 @@ def dump_line(entry: JournalEntry) -> bytes:
     record = asdict(entry)
     if not math.isfinite(record["fitness"]):
         record["fitness"] = None
+    for name in OPTIONAL_FIELDS:
+        if record[name] is None:
+            del record[name]
+    if record.get("objectives") is not None:
+        record["objectives"] = [v if math.isfinite(v) else None for v in record["objectives"]]
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
