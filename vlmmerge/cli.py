@@ -13,8 +13,9 @@ COMMANDS: tuple[str, ...] = ("inspect", "merge", "eval", "evolve", "tune", "demo
 
 DESCRIPTION = (
     "Merge a vision-language model with specialist language models (or LLMs with LLMs) from "
-    "mergekit-style YAML recipes, evolve recipes with CMA-ES, and score the results offline. "
-    "Only the language side merges; the vision encoder and projector are kept from the host VLM. "
+    "mergekit-style YAML recipes, evolve recipes (CMA-ES, NSGA-II, data-flow paths), learn merge coefficients "
+    "by gradient, and score the results offline. For VLM + LLM only the language side merges; the vision "
+    "encoder and projector are kept from the host VLM. "
     "Start with `vlmmerge demo`, or `vlmmerge merge RECIPE.yaml OUT_DIR`."
 )
 

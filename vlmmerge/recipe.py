@@ -71,9 +71,13 @@ class Recipe(BaseModel):
     seed: int = 0
     options: MergeOptions = Field(default_factory=MergeOptions)
     evolve: dict[str, Any] | None = None  # validated by vlmmerge.search
-    tune: dict[str, Any] | None = None  # learned merges (`vlmmerge tune`), validated by vlmmerge.learn
+    tune: dict[str, Any] | None = None  # learned merges (`vlmmerge tune`), validated by vlmmerge.tune.config
     # which components of the models merge (language, vision, projector); None: every component all models share
     components: list[str] | None = None
+    # mergekit `slices:` (passthrough layer stacks), validated by vlmmerge.dataflow.slices; `models` then
+    # holds the first slice's model (embeddings and, for LLMs, the architecture)
+    slices: list[dict[str, Any]] | None = None
+    non_layer_from: str | None = None  # slices: whose embeddings, final norm, head (default: mergekit's first / last slice)
 
     @field_validator("models")
     @classmethod
@@ -129,10 +133,9 @@ def load_recipe(source: str | Path | dict) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level")
     if "slices" in data and "models" not in data:
-        raise RecipeError(
-            f"{where}: mergekit `slices:` recipes (passthrough / frankenmerges) are not supported; "
-            "use the `models:` form (data-flow merging is planned as its own feature)"
-        )
+        from vlmmerge.dataflow.slices import slices_recipe_data  # validates `slices:` (mergekit passthrough stacks)
+
+        data = slices_recipe_data(data, where)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

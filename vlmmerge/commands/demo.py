@@ -8,6 +8,8 @@ from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "results" / "demo-shipped.json"
+RECORDED_DATAFLOW = RECORDED.with_name("dataflow.json")  # the DFS and PS+DFS rows (vlmmerge.dataflow)
+WORLD_DOC = RECORDED.parents[1] / "miniature-world.md"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--write-readme", type=Path, default=None, metavar="README",
                         help="after a full run on the shipped world: record the results in docs/results/"
                         "demo-shipped.json and regenerate README's demo and world tables from them")
+    parser.add_argument("--no-dataflow", action="store_true",
+                        help="skip the data-flow rows (DFS alone and PS+DFS, configs/demo-*-dfs.yaml / -psdfs.yaml)")
     parser.set_defaults(func=run)
 
 
@@ -36,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vlmmerge.errors import VlmMergeError
     from vlmmerge.zoo.refs import parse_world
-    from vlmmerge.zoo.study import QUICK, study_world, world_arg
-    from vlmmerge.zoo.study_report import readme_demo_block, readme_world_block
+    from vlmmerge.zoo.study import QUICK, study_dataflow, study_world, world_arg
+    from vlmmerge.zoo.study_report import dataflow_block, readme_demo_block, readme_world_block
 
     spec = parse_world(args.world)
     if args.write_readme is not None and (args.quick or not spec.shipped):
@@ -50,11 +54,19 @@ def run(args: argparse.Namespace) -> int:
     print(readme_demo_block(result))
     print()
     print(readme_world_block(result))
+    dataflow = None
+    if not args.no_dataflow:
+        dataflow = study_dataflow(spec, out, args.configs, overrides=QUICK if args.quick else None)
+        print()
+        print(dataflow_block(dataflow))
     for case in result["cases"]:
         console.print(f"report: {out / case / 'test' / 'comparison.html'}   fitness curve: {out / case / 'fitness.png'}")
     console.print(f"results: {out / 'study.json'}")
     if args.write_readme is not None:
         record(result, args.write_readme, out)
+        if dataflow is not None:
+            record_dataflow(dataflow, out)
+            regenerate_readme(args.write_readme)
         console.print(f"recorded {RECORDED} and regenerated {args.write_readme}")
     return 0
 
@@ -71,6 +83,17 @@ def record(result: dict, readme: Path, run_dir: Path, recorded: Path = RECORDED)
     regenerate_readme(readme, recorded)
 
 
+def record_dataflow(result: dict, run_dir: Path, recorded: Path = RECORDED_DATAFLOW) -> None:
+    """Keep the DFS / PS+DFS results and journals (demo-shipped-CASE-KIND-journal.jsonl) for replay."""
+    import shutil
+
+    recorded.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    for case, kinds in result["cases"].items():
+        for kind in kinds:
+            shutil.copyfile(run_dir / f"{case}-{kind}" / "journal.jsonl",
+                            recorded.with_name(f"demo-shipped-{case}-{kind}-journal.jsonl"))
+
+
 def regenerate_readme(readme: Path, recorded: Path = RECORDED) -> None:
     """README's demo and world tables from the recorded results (no run)."""
     from vlmmerge.docblocks import replace_marked_block
@@ -79,6 +102,14 @@ def regenerate_readme(readme: Path, recorded: Path = RECORDED) -> None:
     result = json.loads(recorded.read_text(encoding="utf-8"))
     replace_marked_block(readme, "demo-results", readme_demo_block(result))
     replace_marked_block(readme, "world-table", readme_world_block(result))
+    dataflow = recorded.with_name(RECORDED_DATAFLOW.name)
+    if dataflow.is_file():
+        from vlmmerge.zoo.study_report import dataflow_block
+
+        block = dataflow_block(json.loads(dataflow.read_text(encoding="utf-8")))
+        for doc in (readme, WORLD_DOC):
+            if doc.is_file() and "dataflow-results" in doc.read_text(encoding="utf-8"):
+                replace_marked_block(doc, "dataflow-results", block)
     study = recorded.with_name("study.json")
     if study.is_file():
         from vlmmerge.zoo.study_report import claim_counts

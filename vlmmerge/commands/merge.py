@@ -10,8 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "merge",
         help="merge models as a recipe says and write a Hugging Face folder",
-        description="Run a static merge (mergekit-style YAML recipe). For VLM + LLM recipes only the "
-        "language side merges; vision encoder and projector are copied from the host VLM.",
+        description="Run a static merge (mergekit-style YAML recipe). Every component all models share "
+        "merges (VLM + LLM: the language side, the vision encoder and projector copied from the host VLM; "
+        "VLM + VLM of one family: every component); `components:` in the recipe narrows it.",
         epilog="Engine knobs (command line > recipe `options:` > default). Tensors are merged by "
         "--threads workers at once, each with single-threaded torch ops, and streamed into their place "
         "in the output shards as soon as they are merged, so memory holds only the tensors in flight; "
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         recipe_text=args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None,
     )
-    result = write_merge(job, args.out_dir, overwrite=args.overwrite)
+    from vlmmerge.dataflow.slices import job_plan  # `slices:` recipes: a layer-stack plan
+
+    result = write_merge(job, args.out_dir, overwrite=args.overwrite, plan=job_plan(job))
     print(
         f"wrote {result.out_dir} ({result.tensors} tensors, {result.merged_tensors} merged, "
         f"{result.bytes_written / 1e6:.1f} MB)"

@@ -34,6 +34,15 @@ class StackedLayer:
     layer: int
     source: str | None = None
     scale: float | None = None
+    # per-tensor scales of a copied layer: (filter, value) entries, the first whose filter is a substring of the
+    # tensor's standalone-LM name (None: any tensor) wins over `scale` (mergekit's `{filter, value}` form)
+    scales: tuple[tuple[str | None, float], ...] = ()
+
+    def scale_for(self, lm_name: str) -> float | None:
+        for pattern, value in self.scales:
+            if pattern in (None, "*") or pattern in lm_name:
+                return None if value == 1.0 else float(value)
+        return self.scale
 
 
 def with_layer(name: str, layer: int) -> str:
@@ -85,13 +94,14 @@ def _output_layer(plan: MergePlan, by_layer: dict[int, list[TensorPlan]], index:
             out.append(replace(tensor, name=name, t=relative_depth(spec.layer, len(by_layer))))
             continue
         source = _source(plan, spec.source)
-        read = source.lm_runtime_name(tensor.lm_name or plan.host.anatomy.to_lm_name(tensor.name))
+        lm_name = tensor.lm_name or plan.host.anatomy.to_lm_name(tensor.name)
+        read = source.lm_runtime_name(lm_name)
         info = source.checkpoint.info(read)
         if info.shape != tensor.shape:
             raise IncompatibleModelsError(
                 f"layer stack: {spec.source}: tensor {read!r} has shape {info.shape}, output {name!r} needs {tensor.shape}"
             )
-        scale = spec.scale if info.dtype.is_floating_point else None
+        scale = spec.scale_for(lm_name) if info.dtype.is_floating_point else None
         out.append(TensorPlan(name, tensor.component, read=TensorRead(spec.source, read, scale), shape=info.shape, dtype=info.dtype))
     return out
 

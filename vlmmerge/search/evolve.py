@@ -106,6 +106,10 @@ def dry_run(recipe_path: str | Path, overrides: dict[str, Any] | None = None) ->
     from vlmmerge.methods import get_method
 
     template, config = split_evolve(apply_overrides(load_recipe(recipe_path), overrides))
+    if config.dataflow is not None:
+        from vlmmerge.dataflow.run import dry_run_dataflow
+
+        return dry_run_dataflow(recipe_path, template, config)
     method = get_method(template.merge_method)
     if method.needs_base and not template.base_model:
         raise RecipeError(f"base_model: merge_method {method.name} needs a `base_model`")
@@ -116,7 +120,10 @@ def dry_run(recipe_path: str | Path, overrides: dict[str, Any] | None = None) ->
             "evolve.num_layers: cannot read any model config offline to count layers; set evolve.num_layers"
         )
     space = SearchSpace(template, config, layers)
-    return {"recipe": str(recipe_path), "merge_method": method.name, "models": template.model_refs, **space.describe()}
+    from vlmmerge.search.ray_backend import dry_run_memory
+
+    return {"recipe": str(recipe_path), "merge_method": method.name, "models": template.model_refs, **space.describe(),
+            "actor_memory": dry_run_memory(template, config)}
 
 
 @dataclass
@@ -155,19 +162,33 @@ class EvolveRun:
     def evaluator(self, fitness: FitnessConfig, split: str | None = None):
         return make_evaluator(fitness, nonnegative_seed(self.config.seed), split)
 
-    def backend(self) -> FitnessBackend:
-        """Parameter-space candidates merged into the live model, scored one after another here."""
+    def fitness_fn(self):
+        """Parameter-space candidates merged into the live model and scored (genome -> fitness, scores);
+        a Ray actor builds the same one (`vlmmerge.search.ray_backend.EvolveRunFitness`)."""
         materializer = PSMaterializer(self.start_live(), self.space)
-        return LocalBackend(ModelFitness(materializer, self.fitness_evaluator, self.config.fitness), self.space)
+        return ModelFitness(materializer, self.fitness_evaluator, self.config.fitness)
+
+    def backend(self) -> FitnessBackend:
+        """`evolve.backend`: one after another here (local), or a pool of Ray actors."""
+        if self.config.backend.kind == "ray":
+            from vlmmerge.search.ray_backend import ray_backend_for
+
+            return ray_backend_for(self)
+        return LocalBackend(self.fitness_fn(), self.space)
 
     def search(self, retry_failed: bool = False, backend: FitnessBackend | None = None) -> dict[str, list[JournalEntry]]:
         journal = Journal(self.out_dir / "journal.jsonl")
+        owned = backend is None
         backend = backend or self.backend()
         settings = self.config.search
         optimizer = run_cma if settings.optimizer == "cma" else run_random
-        runs = {"cma": optimizer(self.space, backend, journal, self.progress, retry_failed)}
-        if settings.compare_random and settings.optimizer == "cma":
-            runs["random"] = run_random(self.space, backend, journal, self.progress, retry_failed)
+        try:
+            runs = {"cma": optimizer(self.space, backend, journal, self.progress, retry_failed)}
+            if settings.compare_random and settings.optimizer == "cma":
+                runs["random"] = run_random(self.space, backend, journal, self.progress, retry_failed)
+        finally:
+            if owned and hasattr(backend, "close"):
+                backend.close()  # a Ray pool's actors (and the cluster it started)
         return runs
 
     def comparison_recipes(self, best: Recipe) -> dict[str, Recipe]:
@@ -214,7 +235,8 @@ def claim_run_folder(out_dir: Path, raw: Recipe) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe_copy = out_dir / "evolve-recipe.yaml"
     recipe_text = yaml.safe_dump(raw.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
-    if recipe_copy.exists() and recipe_copy.read_text(encoding="utf-8") != recipe_text:
+    if recipe_copy.exists() and _but_backend(yaml.safe_load(recipe_copy.read_text(encoding="utf-8"))) != \
+            _but_backend(yaml.safe_load(recipe_text)):  # a resumed run may use another pool (same journal)
         raise VlmMergeError(
             f"{out_dir} holds a run of a different recipe (or other --budget/--seed/--device/--dtype); "
             "choose another --out"
@@ -223,9 +245,16 @@ def claim_run_folder(out_dir: Path, raw: Recipe) -> None:
     atomic_write_text(recipe_copy, recipe_text)
 
 
+def _but_backend(recipe: Any) -> Any:
+    if isinstance(recipe, dict) and isinstance(recipe.get("evolve"), dict):
+        return {**recipe, "evolve": {k: v for k, v in recipe["evolve"].items() if k != "backend"}}
+    return recipe
+
+
 def run_evolution(
     recipe_path: str | Path, out_dir: str | Path, progress: bool = True, overrides: dict[str, Any] | None = None,
     save_model: bool = True, device: str | None = None, dtype: str | None = None, retry_failed: bool = False,
+    pick: str | None = None,
 ) -> dict[str, Any]:
     """Search, then write the run folder. `overrides` replace `evolve:` keys; `device`/`dtype` the
     recipe's `options.device`/`dtype`; `retry_failed` re-evaluates the journal's failed candidates."""
@@ -234,6 +263,14 @@ def run_evolution(
     raw = apply_overrides(load_recipe(recipe_path), overrides, device, dtype)
     template, config = split_evolve(resolve_refs(raw))
     check_device(template.options.device)
+    if config.dataflow is not None:  # a layer-path (data-flow-space) search: vlmmerge.dataflow.run
+        from vlmmerge.dataflow.run import run_dataflow
+
+        return run_dataflow(raw, template, config, recipe_path, out_dir, progress, save_model, retry_failed)
+    if config.objectives or config.racing or config.estimate or pick:  # several objectives, cheaper fitness
+        from vlmmerge.search.pareto import run_objective_search
+
+        return run_objective_search(raw, template, config, out_dir, recipe_path, progress, save_model, retry_failed, pick)
     run = EvolveRun(template, config, out_dir, progress)
     claim_run_folder(out_dir, raw)
     runs = run.search(retry_failed)

@@ -180,7 +180,8 @@ def run_search(
     """
     backend = as_backend(fitness, space)
     entries: list[JournalEntry] = []
-    bar = tqdm(total=budget, desc="CMA-ES" if strategy.name == "cma" else "random search", unit="eval",
+    desc = {"cma": "CMA-ES", "random": "random search", "nsga2": "NSGA-II", "comocma": "COMO-CMA-ES"}
+    bar = tqdm(total=budget, desc=desc.get(strategy.name, strategy.name), unit="eval",
                disable=not progress)
 
     def advance(entry: JournalEntry) -> None:
@@ -198,8 +199,9 @@ def run_search(
         done.update(_collect(backend, todo, journal, strategy.later_depends, advance))
         population = [done[c.index] for c in candidates]
         entries.extend(population)
-        if len(population) == len(genomes):
-            strategy.tell(genomes, [e.fitness for e in population])
+        if len(population) == len(genomes):  # multi-objective strategies are told the objective vectors
+            multi = getattr(strategy, "multi_objective", False)
+            strategy.tell(genomes, [e.objectives if multi else e.fitness for e in population])
         generation += 1
     bar.close()
     return entries

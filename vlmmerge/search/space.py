@@ -27,6 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vlmmerge.errors import RecipeError
 from vlmmerge.methods import get_method
 from vlmmerge.recipe import ConditionalParameter, ModelEntry, Recipe
+from vlmmerge.search.estimate import EstimateConfig
+from vlmmerge.search.objectives import ObjectiveConfig, fill_fitness_tasks
+from vlmmerge.search.racing import RacingConfig
+from vlmmerge.search.ray_backend import BackendConfig
+from vlmmerge.dataflow.config import DataflowConfig
 
 DEFAULT_BOUNDS = {"weight": (0.0, 1.5), "density": (0.1, 1.0), "gamma": (0.0, 0.1), "epsilon": (0.0, 0.3)}
 
@@ -92,7 +97,7 @@ class OptimizerConfig(BaseModel):
     """How it is searched: the optimizer, its step size and population, the budget and the seed."""
 
     model_config = ConfigDict(extra="forbid")
-    optimizer: Literal["cma", "random"] = "cma"
+    optimizer: Literal["cma", "random", "nsga2", "comocma"] = "cma"  # nsga2/comocma: evolve.objectives
     sigma0: float = 1 / 6
     popsize: int | None = None
     budget: int = Field(default=1000, ge=1)
@@ -120,6 +125,11 @@ class EvolveConfig(BaseModel):
     search: OptimizerConfig = Field(default_factory=OptimizerConfig)
     fitness: FitnessConfig
     test: FitnessConfig | None = None
+    objectives: list[ObjectiveConfig] | None = None  # several objectives (vlmmerge.search.objectives)
+    racing: RacingConfig | None = None  # successive halving of the fitness split (vlmmerge.search.racing)
+    estimate: EstimateConfig | None = None  # fitness from anchor items (vlmmerge.search.estimate)
+    backend: BackendConfig = Field(default_factory=BackendConfig)  # where candidates are scored (search.ray_backend)
+    dataflow: DataflowConfig | None = None  # a data-flow-space (layer path) search instead (vlmmerge.dataflow)
     baselines: list[BaselineConfig] = Field(
         default_factory=lambda: [
             BaselineConfig(name="TIES (untuned)", merge_method="ties"),
@@ -130,7 +140,7 @@ class EvolveConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _nest_flat_keys(cls, data: Any) -> Any:
-        return nest_flat_keys(data)
+        return fill_fitness_tasks(nest_flat_keys(data))
 
     @property
     def budget(self) -> int:
@@ -319,6 +329,8 @@ def override_evolve(section: dict[str, Any], overrides: dict[str, Any]) -> dict[
         where = FLAT_KEYS.get(key)
         if where is not None and isinstance(updated.get(where), dict):
             updated[where] = {**updated[where], key: value}
+        elif isinstance(value, dict) and isinstance(updated.get(key), dict):  # e.g. --actors: one key of backend
+            updated[key] = {**updated[key], **value}
         else:
             updated[key] = value
     return updated

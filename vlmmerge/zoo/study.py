@@ -126,6 +126,47 @@ def study_world(spec: WorldSpec, out: Path, configs: Path = REPO_CONFIGS, overri
     return result
 
 
+DATAFLOW_KINDS = ("dfs", "psdfs")  # configs/demo-{case}-{kind}.yaml: DFS alone, PS+DFS (vlmmerge.dataflow)
+DATAFLOW_RESULT = "dataflow.json"
+
+
+def dataflow_result(summary: dict[str, Any], journal: Path) -> dict[str, Any]:
+    """One DFS or PS+DFS run's claims: above every source, and (the target) above PS, paired 95% intervals."""
+    result = case_result(summary, journal)
+    versus = result["evolved_vs"]
+    ps = versus.get("PS")
+    result["claims"] = {
+        "beats_every_source": all(v["significant"] for n, v in versus.items() if n.startswith("source: ")),
+        "above_ps": bool(ps and ps["significant"]),
+    }
+    result["claims_hold"] = all(result["claims"].values())
+    result.update(path=summary["path"], path_text=summary["path_text"],
+                  exported_fitness=round(summary["exported_fitness"], 2), space=summary["space"]["variant"])
+    return result
+
+
+def study_dataflow(spec: WorldSpec, out: Path, configs: Path = REPO_CONFIGS, overrides: dict | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """The DFS and PS+DFS runs of both demo cases on one world; writes `out/dataflow.json` and returns it."""
+    import torch
+
+    from vlmmerge.search import run_evolution
+
+    torch.set_num_threads(EVAL_THREADS)
+    os.environ[WORLD_ENV] = world_arg(spec)
+    result: dict[str, Any] = {"world": world_arg(spec), "label": spec.label, "cases": {}}
+    for case in CASES:
+        for kind in DATAFLOW_KINDS:
+            folder = out / f"{case}-{kind}"
+            summary = run_evolution(configs / f"demo-{case}-{kind}.yaml", folder, progress=progress, overrides=overrides)
+            entry = dataflow_result(summary, folder / "journal.jsonl")
+            entry["seconds"] = round(summary["seconds"], 1)
+            result["cases"].setdefault(case, {})[kind] = entry
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATAFLOW_RESULT).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return result
+
+
 def run_study(worlds: Sequence[WorldSpec], out: Path, jobs: int = 2, configs: Path = REPO_CONFIGS,
               quick: bool = False) -> list[dict[str, Any]]:
     """Each world in its own worker process (`jobs` at a time); worlds already studied are reused."""

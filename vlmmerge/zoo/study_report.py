@@ -124,3 +124,32 @@ def study_block(results: list[dict[str, Any]]) -> str:
             + claim_counts(results) + "\n\n"
             "Headroom for the next steps (min of the two scores; no model should already do it):\n\n"
             + headroom_table(results))
+
+
+DATAFLOW_TITLES = {"dfs": "DFS alone", "psdfs": "PS+DFS"}
+
+
+def dataflow_block(result: dict[str, Any]) -> str:
+    """README / docs table of the recorded DFS and PS+DFS runs: every compared model and the paired differences."""
+    parts = []
+    for case, kinds in result["cases"].items():
+        first = next(iter(kinds.values()))
+        names = [n for n in first["scores"] if n != "evolved"]
+        lines = [f"| {CASE_TITLES[case]} | score (test, 95% CI) | DFS minus it | PS+DFS minus it |", "|---|---|---|---|"]
+        for name in names:
+            label = CASE_SOURCE_LABELS.get((case, name)) or SOURCE_LABELS.get(name, name)
+            if name == "PS":
+                label = "PS (the recorded demo's evolved merge)"
+            cells = [_diff(kinds[k]["evolved_vs"][name]) if k in kinds else "" for k in DATAFLOW_TITLES]
+            lines.append(f"| {label} | {_ci(first['scores'][name])} | " + " | ".join(cells) + " |")
+        for kind, title in DATAFLOW_TITLES.items():
+            if kind in kinds:
+                r = kinds[kind]
+                lines.append(f"| **{title}** ({r['budget']} CMA-ES evaluations, {len(r['path'])} hops) | "
+                             f"**{_ci(r['scores']['evolved'])}** | | |")
+        claims = "; ".join(f"{title}: above every source {_yes(kinds[k]['claims']['beats_every_source'])}, "
+                           f"above PS {_yes(kinds[k]['claims']['above_ps'])}, path `{kinds[k]['path_text']}` "
+                           f"(fitness {kinds[k]['best_fitness']:.1f}, exported checkpoint {kinds[k]['exported_fitness']:.1f})"
+                           for k, title in DATAFLOW_TITLES.items() if k in kinds)
+        parts.append("\n".join(lines) + f"\n\n{case.upper()} case. {claims}.")
+    return "\n\n".join(parts)

@@ -1,0 +1,117 @@
+"""A data-flow path as a plain checkpoint: hop scales folded into the weights, written via a `slices:` recipe.
+
+For a pre-norm block with a scale-invariant norm (RMSNorm(c h) = RMSNorm(h) for c > 0, up to eps),
+L(c h) = c L'(h), where L' is L with its residual-writing projections (o_proj, down_proj) divided by
+c. With P_t the product of the scales of hops 1..t, the runtime's h_t = L_t(s_t h_{t-1}) equals
+P_t g_t, where g_t is an ordinary layer stack whose layer t has its residual writers divided by P_t;
+the final norm removes P_T. So a path exports as a passthrough stack of one-layer slices whose
+`scale` entries divide o_proj and down_proj by P_t: a `slices:` recipe that `vlmmerge merge`
+(and, for an LLM, mergekit) runs, writing a checkpoint of the host's architecture with one layer per
+hop. Embeddings, final norm and head are model A's (`non_layer_from`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmmerge.errors import RecipeError
+
+# text model types whose decoder blocks are pre-norm with RMSNorm and write the residual only through these
+SCALE_INVARIANT = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text", "smollm3"})
+RESIDUAL_WRITERS = ("o_proj", "down_proj")
+NOT_FOLDABLE = {
+    "gemma": "Gemma scales the embeddings and its RMSNorm weight is (1 + w); folding is not implemented",
+    "gemma2": "post-attention / post-feedforward norms re-normalise the block outputs: o_proj/down_proj scaling "
+              "does not reach the residual (the post-norm weights would need an affine change)",
+    "gemma3_text": "post-attention / post-feedforward norms re-normalise the block outputs (see gemma2)",
+    "olmo2": "post-norm blocks: the scale would have to fold into the norm weights",
+    "cohere": "parallel attention + MLP on a LayerNorm with a shared residual; not checked for folding",
+    "phi": "parallel block with LayerNorm and a dense head bias; not checked for folding",
+}
+
+
+@dataclass(frozen=True)
+class PathHop:
+    """One hop of a path, by model reference: layer `layer` of model `model`, input times `scale`."""
+
+    model: str
+    layer: int
+    scale: float = 1.0
+
+
+def check_foldable(hops: Sequence[PathHop], model_types: dict[str, str]) -> None:
+    """Zero / negative scales and non-scale-invariant families are refused, by hop or by family name."""
+    for i, hop in enumerate(hops):
+        if not hop.scale > 0:
+            raise RecipeError(f"data-flow export: hop {i} ({hop.model} layer {hop.layer}) has scale {hop.scale}; "
+                              "only positive scales fold into the weights (RMSNorm(w h) = RMSNorm(h) needs w > 0): "
+                              "bound the search's scales above 0")
+    if all(h.scale == 1.0 for h in hops):
+        return  # a plain passthrough stack: nothing to fold
+    for ref, model_type in model_types.items():
+        if model_type in NOT_FOLDABLE:
+            raise RecipeError(f"data-flow export: {ref} is {model_type}: {NOT_FOLDABLE[model_type]}")
+        if model_type not in SCALE_INVARIANT:
+            raise RecipeError(f"data-flow export: {ref} is {model_type}, whose blocks are not known to be "
+                              f"scale-invariant pre-norm blocks (known: {sorted(SCALE_INVARIANT)})")
+
+
+def cumulative_scales(hops: Sequence[PathHop]) -> list[float]:
+    out, product = [], 1.0
+    for hop in hops:
+        product *= hop.scale
+        out.append(product)
+    return out
+
+
+def path_recipe(hops: Sequence[PathHop], host: str, dtype: str | None = None, tokenizer_source: str | None = None,
+                name: str | None = None) -> dict[str, Any]:
+    """The `slices:` recipe of a path (scales folded): consecutive layers of one model with one
+    cumulative scale share a slice."""
+    if not hops:
+        raise RecipeError("data-flow export: the path is empty")
+    slices: list[dict[str, Any]] = []
+    previous: tuple[str, float, int] | None = None
+    for hop, product in zip(hops, cumulative_scales(hops)):
+        if previous is not None and previous[0] == hop.model and previous[1] == product and previous[2] == hop.layer:
+            slices[-1]["sources"][0]["layer_range"][1] = hop.layer + 1
+        else:
+            source: dict[str, Any] = {"model": hop.model, "layer_range": [hop.layer, hop.layer + 1]}
+            if product != 1.0:
+                inverse = 1.0 / product
+                source["parameters"] = {"scale": [*({"filter": w, "value": inverse} for w in RESIDUAL_WRITERS),
+                                                  {"value": 1.0}]}
+            slices.append({"sources": [source]})
+        previous = (hop.model, product, hop.layer + 1)
+    recipe: dict[str, Any] = {"slices": slices, "merge_method": "passthrough", "non_layer_from": host, "host": host}
+    if dtype:
+        recipe["dtype"] = dtype
+    if tokenizer_source:
+        recipe["tokenizer_source"] = tokenizer_source
+    if name:
+        recipe["name"] = name
+    return recipe
+
+
+def model_types(refs: Sequence[str]) -> dict[str, str]:
+    from vlmmerge.checkpoint import Checkpoint
+    from vlmmerge.dataflow.runtime import text_model_type
+
+    return {ref: text_model_type(Checkpoint(ref).config) for ref in dict.fromkeys(refs)}
+
+
+def export_path(hops: Sequence[PathHop], out_dir: str | Path, host: str, dtype: str | None = None,
+                tokenizer_source: str | None = None, progress: bool = False, overwrite: bool = True,
+                name: str | None = None) -> dict[str, Any]:
+    """Write the path as a plain checkpoint of the host's architecture; returns its `slices:` recipe."""
+    from vlmmerge.dataflow.slices import slices_plan
+    from vlmmerge.engine import MergeJob, write_merge
+
+    check_foldable(hops, model_types([host, *(h.model for h in hops)]))
+    recipe = path_recipe(hops, host, dtype, tokenizer_source, name)
+    job = MergeJob.build(recipe, progress=progress)
+    write_merge(job, out_dir, overwrite=overwrite, plan=slices_plan(job))
+    return recipe

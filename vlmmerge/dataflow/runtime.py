@@ -1,0 +1,197 @@
+"""The layer-path runtime: a live model that runs a path of (source, layer) hops, each hop's input scaled.
+
+`LayerPath` holds the host model (model A: embeddings, final norm, head, and for a VLM the vision
+encoder and projector) and the decoder-layer modules of every source, loaded once. `set_path(hops)`
+replaces the host's decoder-layer list by one `Hop` per step of the path: the source's layer module
+itself (shared, never copied), run on `scale * hidden_states` (for scale-invariant pre-norm
+families in the equivalent folded form the exported checkpoint computes, see `Hop`). A layer used several times on a path
+runs with the hop's own index, so each hop has its own KV-cache slot; the host's text config gets
+the path's layer count and per-layer fields, so caches and masks are built for the path. Changing the
+path changes no weight: materialising a candidate costs microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlmmerge.dataflow.export import RESIDUAL_WRITERS, SCALE_INVARIANT
+from vlmmerge.errors import RecipeError, VlmMergeError
+
+# Families whose decoder layers cannot be re-ordered: what each injects into the layers, by position.
+NOT_REORDERABLE = {
+    "qwen3_vl": "deepstack: visual features are added to the hidden states after the first language layers, by position",
+    "qwen3_vl_moe": "deepstack: visual features are added to the hidden states after the first language layers, by position",
+    "mllama": "cross-attention layers to the image sit at fixed layer indices (cross_attention_layers)",
+    "gemma3n": "per-layer inputs and AltUp streams are indexed by layer position",
+}
+PER_LAYER_FIELDS = ("layer_types",)
+
+
+@dataclass(frozen=True)
+class HopSpec:
+    """One step of a path: layer `layer` of source `source` (an index into the runtime's sources), input x `scale`."""
+
+    source: int
+    layer: int
+    scale: float = 1.0
+
+
+def _fold_hook(module: nn.Module, args, output):
+    fold = module._dfs_fold
+    return output if fold is None else output * fold
+
+
+def residual_writers(layer: nn.Module) -> list[nn.Module]:
+    """The layer's o_proj / down_proj modules, each with the (shared, idle by default) folding hook."""
+    writers = [m for name, m in layer.named_modules() if name.split(".")[-1] in RESIDUAL_WRITERS]
+    for module in writers:
+        if not getattr(module, "_dfs_hooked", False):
+            module._dfs_fold = None
+            module.register_forward_hook(_fold_hook)
+            module._dfs_hooked = True
+    return writers
+
+
+class Hop(nn.Module):
+    """A shared decoder layer with the hop's own cache index, run either on `scale * hidden_states`
+    (`fold` None) or in the folded form: on the stream g = h / P (P: the product of the path's scales up
+    to this hop) with its o_proj / down_proj outputs times `fold` = 1 / P, which is what the exported
+    checkpoint computes (its writers' weights divided by P)."""
+
+    def __init__(self, layer: nn.Module, scale: float, index: int, fold: float | None = None):
+        super().__init__()
+        self.layer = layer
+        self.scale = float(scale)
+        self.index = index
+        self.fold = fold
+        self._indexed = [m for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+        self._writers = residual_writers(layer) if fold is not None else []
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("attention_type", "layer_type", "is_sliding", "sliding_window"):
+                return getattr(self._modules["layer"], name)
+            raise
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        saved = [m.layer_idx for m in self._indexed]
+        for module in self._indexed:
+            module.layer_idx = self.index
+        for module in self._writers:
+            module._dfs_fold = self.fold
+        try:
+            if self.fold is None and self.scale != 1.0:
+                hidden_states = hidden_states * self.scale
+            return self.layer(hidden_states, *args, **kwargs)
+        finally:
+            for module, value in zip(self._indexed, saved):
+                module.layer_idx = value
+            for module in self._writers:
+                module._dfs_fold = None
+
+
+def text_model_type(config) -> str:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return str(getattr(text, "model_type", None) or config.model_type)
+
+
+def check_reorderable(config, where: str) -> None:
+    for model_type in (str(config.model_type), text_model_type(config)):
+        if model_type in NOT_REORDERABLE:
+            raise RecipeError(f"{where}: {model_type} layers cannot be re-ordered on a data-flow path: "
+                              f"{NOT_REORDERABLE[model_type]}")
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The module that owns the decoder-layer list and the token embeddings (language side)."""
+    found = [m for name, m in model.named_modules()
+             if isinstance(getattr(m, "layers", None), nn.ModuleList) and hasattr(m, "embed_tokens")
+             and not any(part in name for part in ("vision", "visual"))]
+    if not found:
+        raise VlmMergeError(f"{type(model).__name__}: no decoder-layer list (`layers` next to `embed_tokens`) found")
+    return found[0]
+
+
+class LayerPath:
+    """Host model + every source's decoder layers; `set_path` makes the host run a path of hops."""
+
+    def __init__(self, host_model: nn.Module, processor, source_models: Sequence[nn.Module], names: Sequence[str]):
+        """`source_models[0]` is the host itself (model A); the others lend their decoder layers."""
+        check_reorderable(host_model.config, names[0])
+        self.model = host_model
+        self.processor = processor
+        self.names = list(names)
+        self.lm = language_model(host_model)
+        self.text_config = self.lm.config
+        self.original = {"num_hidden_layers": self.text_config.num_hidden_layers,
+                         **{k: getattr(self.text_config, k, None) for k in PER_LAYER_FIELDS}}
+        self.layers: list[list[nn.Module]] = []
+        self.layer_values: list[dict[str, list]] = []
+        self._keep = list(source_models[1:])  # the other models stay alive: their layers are used
+        for model, name in zip(source_models, names):
+            check_reorderable(model.config, name)
+            lm = self.lm if model is host_model else language_model(model)
+            self.layers.append(list(lm.layers))
+            self.layer_values.append({k: list(getattr(lm.config, k)) for k in PER_LAYER_FIELDS
+                                      if isinstance(getattr(lm.config, k, None), list)})
+            if lm.config.hidden_size != self.text_config.hidden_size:
+                raise RecipeError(f"{name}: hidden size {lm.config.hidden_size} differs from the host's "
+                                  f"{self.text_config.hidden_size}; its layers cannot sit on the host's path")
+        self.model.eval()
+        self.path: tuple[HopSpec, ...] = ()
+        # scale-invariant pre-norm families run paths in the folded form (= the exported checkpoint)
+        self.foldable = all(text_model_type(m.config) in SCALE_INVARIANT for m in source_models)
+
+    @property
+    def layer_counts(self) -> list[int]:
+        return [len(layers) for layers in self.layers]
+
+    def set_path(self, hops: Sequence[HopSpec]) -> nn.Module:
+        if not hops:
+            raise RecipeError("data-flow path: no layers on the path")
+        modules = []
+        fold = self.foldable and all(hop.scale > 0 for hop in hops)
+        product = 1.0
+        for index, hop in enumerate(hops):
+            if not (0 <= hop.source < len(self.layers)) or not (0 <= hop.layer < len(self.layers[hop.source])):
+                raise RecipeError(f"data-flow path: hop {index} reads layer {hop.layer} of source {hop.source}, "
+                                  f"which does not exist (layers per source: {self.layer_counts})")
+            product *= hop.scale
+            inverse = (None if product == 1.0 else 1.0 / product) if fold else None
+            modules.append(Hop(self.layers[hop.source][hop.layer], hop.scale, index, inverse))
+        self.lm.layers = nn.ModuleList(modules)
+        self.text_config.num_hidden_layers = len(hops)
+        for key in PER_LAYER_FIELDS:
+            if isinstance(self.original.get(key), list):
+                setattr(self.text_config, key, [self._value(h, key) for h in hops])
+        self.path = tuple(hops)
+        return self.model
+
+    def _value(self, hop: HopSpec, key: str):
+        values = self.layer_values[hop.source].get(key)
+        return values[hop.layer] if values else self.original[key][0]
+
+    def materialize(self, hops: Sequence[HopSpec]) -> tuple[nn.Module, object]:
+        return self.set_path(hops), self.processor
+
+
+def load_layer_path(refs: Sequence[str], names: Sequence[str] | None = None, device: str = "cpu",
+                    dtype: torch.dtype | None = None) -> LayerPath:
+    """Load the host (`refs[0]`, with its processor) and the other sources, in `dtype` on `device`."""
+    from vlmmerge.checkpoint import Checkpoint, model_class_for
+    from vlmmerge.evaluation import load_model_for_eval
+
+    host, processor = load_model_for_eval(str(refs[0]), device=device, dtype=dtype)
+    dtype = dtype or next(host.parameters()).dtype
+    models = [host]
+    for ref in refs[1:]:
+        config = Checkpoint(ref).config
+        check_reorderable(config, ref)
+        models.append(model_class_for(config).from_pretrained(ref, dtype=dtype).to(device).eval())
+    return LayerPath(host, processor, models, list(names or refs))
