@@ -216,6 +216,32 @@ def test_ray_run_of_live_models_equals_the_serial_run(cluster, tmp_path, monkeyp
     assert (tmp_path / "ray" / "journal.jsonl").read_text() == before and resumed["best"] == serial["best"]
 
 
+DFS_RECIPE = {
+    "name": "dfs on ray", "merge_method": "passthrough",
+    "models": [{"model": "zoo:ja_lm"}, {"model": "zoo:math_lm"}], "tokenizer_source": "zoo:ja_lm", "dtype": "float32",
+    "evolve": {
+        "dataflow": {"variant": "hop_scales", "repeats": 1, "max_path_length": 5, "scale_bounds": [0.5, 1.5]},
+        "sigma0": 0.2, "popsize": 4, "budget": 8,
+        "fitness": {"tasks": [{"task": "ja_math", "metric": "accuracy_in_language"}], "limit": 8, "batch_size": 8},
+    },
+}
+
+
+def test_dataflow_candidates_go_through_the_same_pool(cluster, tmp_path, monkeypatch):
+    """Data-flow paths on Ray: each actor loads the layer-path runtime once; same journal as serial."""
+    monkeypatch.delenv("VLMMERGE_WORLD", raising=False)
+    pooled_recipe = {**DFS_RECIPE, "evolve": {**DFS_RECIPE["evolve"], "backend": {"kind": "ray", "actors": 2}}}
+    serial = run_evolution(_write(tmp_path / "a", DFS_RECIPE), tmp_path / "serial", progress=False, save_model=False)
+    pooled = run_evolution(_write(tmp_path / "b", pooled_recipe), tmp_path / "ray", progress=False, save_model=False)
+
+    def journal(run):
+        return sorted((r["index"], r["genome"], r["fitness"], r["error"]) for r in
+                      map(json.loads, (tmp_path / run / "journal.jsonl").read_text().splitlines()))
+
+    assert journal("ray") == journal("serial") and len(journal("ray")) == 8
+    assert pooled["best"] == serial["best"] and pooled["path"] == serial["path"]
+
+
 def test_memory_per_actor_from_headers_matches_the_loaded_live_model(tmp_path, monkeypatch, capsys):
     from vlmmerge.search.evolve import resolve_refs
 

@@ -78,6 +78,19 @@ def test_slices_merge_matches_the_formula_and_mergekit(llamas, tmp_path):
         assert torch.equal(ours[name], value), name
 
 
+def test_the_library_entry_runs_slices_recipes_too(llamas, tmp_path):
+    """`run_merge` (what evolve, tune and scripts call) plans a slices recipe as `vlmmerge merge` does."""
+    from vlmmerge.engine import run_merge
+
+    a, b = llamas
+    recipe = _recipe(a, b)
+    cli = load_tensors(_merge(recipe, tmp_path, "cli"))
+    run_merge(recipe, tmp_path / "lib", progress=False)
+    lib = load_tensors(tmp_path / "lib")
+    assert sorted(lib) == sorted(cli) and all(torch.equal(lib[n], cli[n]) for n in cli)
+    assert AutoConfig.from_pretrained(tmp_path / "lib").num_hidden_layers == 6
+
+
 def test_vlm_slices_stack_the_language_side_only(tmp_path):
     vlm = build_tiny_model("llava", seed=3)
     lm = perturb(build_tiny_lm_for("llava", seed=4), seed=9)

@@ -74,7 +74,7 @@ class Recipe(BaseModel):
     tune: dict[str, Any] | None = None  # learned merges (`vlmmerge tune`), validated by vlmmerge.tune.config
     # which components of the models merge (language, vision, projector); None: every component all models share
     components: list[str] | None = None
-    # mergekit `slices:` (passthrough layer stacks), validated by vlmmerge.dataflow.slices; `models` then
+    # mergekit `slices:` (passthrough layer stacks), validated by `parse_slices` below; `models` then
     # holds the first slice's model (embeddings and, for LLMs, the architecture)
     slices: list[dict[str, Any]] | None = None
     non_layer_from: str | None = None  # slices: whose embeddings, final norm, head (default: mergekit's first / last slice)
@@ -112,6 +112,61 @@ class Recipe(BaseModel):
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
+# mergekit `slices:` recipes (passthrough layer stacks). A slices recipe loads as a one-model
+# passthrough of the first slice's model (or of `non_layer_from`) with `slices` kept; the engine
+# (`vlmmerge.engine.slices`) turns it into a layer-stack plan.
+
+
+class SliceSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, ParameterSetting] = Field(default_factory=dict)
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] < value[1]:
+            raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
+        return value
+
+
+class Slice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: list[SliceSource]
+
+    @field_validator("sources")
+    @classmethod
+    def _one_source(cls, value: list[SliceSource]) -> list[SliceSource]:
+        if len(value) != 1:
+            raise ValueError(f"passthrough slices take exactly 1 source, got {len(value)} "
+                             "(slices that merge several sources are not supported)")
+        return value
+
+
+def parse_slices(raw: Any, where: str = "recipe") -> list[Slice]:
+    if not isinstance(raw, list) or not raw:
+        raise RecipeError(f"{where}: slices: expected a non-empty list of slices")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(Slice.model_validate(item))
+        except ValidationError as exc:
+            raise RecipeError(f"{where}: {validation_details(exc, f'slices.{i}')}") from None
+    return out
+
+
+def slices_recipe_data(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]:
+    """A `slices:` recipe's mapping in the `models:` form the Recipe model takes (slices kept, validated)."""
+    method = data.get("merge_method", "passthrough")
+    if method != "passthrough":
+        raise RecipeError(f"{where}: merge_method: `slices:` recipes are supported with passthrough only, not {method!r}")
+    slices = parse_slices(data["slices"], where)
+    first = data.get("non_layer_from") or slices[0].sources[0].model
+    return {**data, "merge_method": "passthrough", "models": [{"model": first}],
+            "slices": [s.model_dump(mode="json") for s in slices]}
+
+
 def load_recipe(source: str | Path | dict) -> Recipe:
     """Read and validate a recipe from a YAML file, YAML text or a dict; errors name the key at fault."""
     where = "recipe"
@@ -133,8 +188,6 @@ def load_recipe(source: str | Path | dict) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level")
     if "slices" in data and "models" not in data:
-        from vlmmerge.dataflow.slices import slices_recipe_data  # validates `slices:` (mergekit passthrough stacks)
-
         data = slices_recipe_data(data, where)
     try:
         return Recipe.model_validate(data)

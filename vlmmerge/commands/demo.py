@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "demo-shipped.json and regenerate README's demo and world tables from them")
     parser.add_argument("--no-dataflow", action="store_true",
                         help="skip the data-flow rows (DFS alone and PS+DFS, configs/demo-*-dfs.yaml / -psdfs.yaml)")
+    parser.add_argument("--no-pareto", action="store_true",
+                        help="skip the multi-objective row (Japanese and English captions, configs/demo-vlm-pareto.yaml)")
     parser.set_defaults(func=run)
 
 
@@ -59,8 +61,18 @@ def run(args: argparse.Namespace) -> int:
         dataflow = study_dataflow(spec, out, args.configs, overrides=QUICK if args.quick else None)
         print()
         print(dataflow_block(dataflow))
+    pareto_folder = None
+    if not args.no_pareto:
+        from vlmmerge.zoo.study_pareto import pareto_block, study_pareto
+
+        pareto_summary, pareto_folder = study_pareto(spec, out, args.configs, quick=args.quick)
+        print()
+        print(pareto_block(pareto_summary, pareto_folder))
     for case in result["cases"]:
         console.print(f"report: {out / case / 'test' / 'comparison.html'}   fitness curve: {out / case / 'fitness.png'}")
+    if pareto_folder is not None:
+        console.print(f"multi-objective report: {pareto_folder / 'test' / 'comparison.html'}   "
+                      f"front: {pareto_folder / 'front.png'}")
     console.print(f"results: {out / 'study.json'}")
     if args.write_readme is not None:
         record(result, args.write_readme, out)

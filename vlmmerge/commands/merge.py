@@ -62,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         recipe_text=args.recipe.read_text(encoding="utf-8") if args.recipe.exists() else None,
     )
-    from vlmmerge.dataflow.slices import job_plan  # `slices:` recipes: a layer-stack plan
-
-    result = write_merge(job, args.out_dir, overwrite=args.overwrite, plan=job_plan(job))
+    result = write_merge(job, args.out_dir, overwrite=args.overwrite)
     print(
         f"wrote {result.out_dir} ({result.tensors} tensors, {result.merged_tensors} merged, "
         f"{result.bytes_written / 1e6:.1f} MB)"

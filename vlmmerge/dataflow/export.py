@@ -107,11 +107,10 @@ def export_path(hops: Sequence[PathHop], out_dir: str | Path, host: str, dtype: 
                 tokenizer_source: str | None = None, progress: bool = False, overwrite: bool = True,
                 name: str | None = None) -> dict[str, Any]:
     """Write the path as a plain checkpoint of the host's architecture; returns its `slices:` recipe."""
-    from vlmmerge.dataflow.slices import slices_plan
     from vlmmerge.engine import MergeJob, write_merge
 
     check_foldable(hops, model_types([host, *(h.model for h in hops)]))
     recipe = path_recipe(hops, host, dtype, tokenizer_source, name)
     job = MergeJob.build(recipe, progress=progress)
-    write_merge(job, out_dir, overwrite=overwrite, plan=slices_plan(job))
+    write_merge(job, out_dir, overwrite=overwrite)  # a slices recipe: planned as a layer stack
     return recipe

@@ -21,3 +21,25 @@ class DataflowMaterializer:
     def materialize(self, genome: np.ndarray) -> tuple[Any, Any]:
         hops = [HopSpec(s, l, c) for s, l, c in self.space.path(genome)]  # InvalidPath: a failed candidate
         return self.runtime.materialize(hops)
+
+
+@dataclass
+class DataflowFitness:
+    """A picklable fitness factory (`vlmmerge.search.ray_backend.FitnessFactory`): in a Ray actor it
+    loads the same layer-path runtime, space and evaluator as the local run, once."""
+
+    refs: list[str]
+    names: list[str]
+    config: Any  # vlmmerge.search.space.EvolveConfig
+    dtype: Any  # torch.dtype
+    device: str
+
+    def __call__(self):
+        from vlmmerge.dataflow.runtime import load_layer_path
+        from vlmmerge.search.fitness import ModelFitness, make_evaluator
+        from vlmmerge.search.optimize import nonnegative_seed
+
+        runtime = load_layer_path(self.refs, self.names, device=self.device, dtype=self.dtype)
+        space = DataflowSpace(self.refs, runtime.layer_counts, self.config, self.names)
+        evaluator = make_evaluator(self.config.fitness, nonnegative_seed(self.config.seed))
+        return ModelFitness(DataflowMaterializer(runtime, space), evaluator, self.config.fitness)

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from vlmmerge.dataflow.export import export_path
-from vlmmerge.dataflow.materializer import DataflowMaterializer
+from vlmmerge.dataflow.materializer import DataflowFitness, DataflowMaterializer
 from vlmmerge.dataflow.picture import draw_path, path_text
 from vlmmerge.dataflow.runtime import load_layer_path
 from vlmmerge.dataflow.spaces import DataflowSpace
@@ -130,11 +130,19 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
     space = DataflowSpace(refs, runtime.layer_counts, config, names)
     seed = nonnegative_seed(config.seed)
     evaluator = make_evaluator(config.fitness, seed)
-    backend = LocalBackend(ModelFitness(DataflowMaterializer(runtime, space), evaluator, config.fitness), space)
+    if config.backend.kind == "ray":  # the same path models, one per actor
+        from vlmmerge.search.ray_backend import RayBackend
+
+        backend = RayBackend(DataflowFitness(refs, names, config, dtype, device), space, config.backend)
+    else:
+        backend = LocalBackend(ModelFitness(DataflowMaterializer(runtime, space), evaluator, config.fitness), space)
     journal = Journal(out_dir / "journal.jsonl")
-    runs = {"cma": run_cma(space, backend, journal, progress, retry_failed)}
-    if config.search.compare_random:
-        runs["random"] = run_random(space, backend, journal, progress, retry_failed)
+    try:
+        runs = {"cma": run_cma(space, backend, journal, progress, retry_failed)}
+        if config.search.compare_random:
+            runs["random"] = run_random(space, backend, journal, progress, retry_failed)
+    finally:
+        getattr(backend, "close", lambda: None)()
     best = best_entry(runs["cma"])
     path = space.path(np.asarray(best.genome))
     hops = space.hops(np.asarray(best.genome))
@@ -168,7 +176,8 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
         if ps_row is not None:
             results["PS"] = test.evaluate(*load_model(str(ps_row), dtype, device), model_name="PS")
         results["evolved"] = test.evaluate(*exported, model_name="evolved")
-        summary["test"] = write_test_report(results, chosen_metrics(config.test.tasks, test.tasks), seed, out_dir / "test")
+        summary["test"] = write_test_report(results, chosen_metrics(config.test.tasks, test.tasks), seed, out_dir / "test",
+                                            figures=[(f"Evolved path: {path_text(named)}", "../path.png")])
         (out_dir / "test" / "path.txt").write_text(f"evolved path ({len(named)} hops): {path_text(named)}\n", encoding="utf-8")
     if not save_model:
         import shutil

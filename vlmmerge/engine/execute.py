@@ -16,8 +16,9 @@ from vlmmerge.checkpoint import PlannedTensor, StreamingSafetensorsWriter, atomi
 from vlmmerge.engine import compute
 from vlmmerge.engine.compute import merge_tensor, merged_slices, merges_in_slices
 from vlmmerge.engine.job import MergeJob
-from vlmmerge.engine.plan import MergePlan, TensorPlan, plan_job
+from vlmmerge.engine.plan import MergePlan, TensorPlan
 from vlmmerge.engine.side_files import write_side_files
+from vlmmerge.engine.slices import job_plan
 from vlmmerge.errors import MergeNumericsError
 from vlmmerge.recipe import Recipe
 
@@ -222,7 +223,7 @@ def write_merge(job: MergeJob, out_dir: str | Path, *, overwrite: bool = False, 
 def _write_merge(job: MergeJob, out_dir: Path, overwrite: bool, plan: MergePlan | None) -> MergeResult:
     options = job.options
     options.check_device()
-    plan = plan or plan_job(job)
+    plan = plan or job_plan(job)  # a `slices:` recipe: a layer stack
     layout = output_layout(plan)
     workers = options.workers
     budget = memory_budget(plan, workers)

@@ -233,16 +233,21 @@ def _comparison_context(results: Mapping[str, EvalResult], title: str, differenc
             "differences": _differences_context(differences)}
 
 
+# A picture linked from a report: (caption, path relative to the report's folder), e.g. a Pareto front.
+Figure = tuple[str, str]
+
+
 def comparison_markdown(results: Mapping[str, EvalResult], title: str = "Model comparison",
-                        differences: Sequence[Difference] | None = None) -> str:
+                        differences: Sequence[Difference] | None = None, figures: Sequence[Figure] = ()) -> str:
     differences = paired_differences(results) if differences is None else differences
-    return _render("comparison.md.jinja", **_comparison_context(results, title, differences, with_items=False))
+    return _render("comparison.md.jinja", figures=list(figures),
+                   **_comparison_context(results, title, differences, with_items=False))
 
 
 def comparison_html(results: Mapping[str, EvalResult], title: str = "Model comparison",
-                    differences: Sequence[Difference] | None = None) -> str:
+                    differences: Sequence[Difference] | None = None, figures: Sequence[Figure] = ()) -> str:
     differences = paired_differences(results) if differences is None else differences
-    return _render("comparison.html.jinja", **_comparison_context(results, title, differences))
+    return _render("comparison.html.jinja", figures=list(figures), **_comparison_context(results, title, differences))
 
 
 def save_result(result: EvalResult, out_dir: str | os.PathLike, title: str | None = None) -> Path:
@@ -262,16 +267,18 @@ def save_result(result: EvalResult, out_dir: str | os.PathLike, title: str | Non
 
 
 def write_comparison_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike,
-                            title: str = "Model comparison", differences: Sequence[Difference] | None = None) -> Path:
+                            title: str = "Model comparison", differences: Sequence[Difference] | None = None,
+                            figures: Sequence[Figure] = ()) -> Path:
     """comparison.md, comparison.html and comparison.json (scores of every model) in ``out_dir``.
-    ``differences``: the paired-difference table (default: every model against the first)."""
+    ``differences``: the paired-difference table (default: every model against the first);
+    ``figures``: pictures linked from the report (caption, path relative to ``out_dir``)."""
     if not results:
         raise VlmMergeError("write_comparison_report needs at least one result")
     differences = paired_differences(results) if differences is None else differences
 
     def write(tmp: Path) -> None:
-        (tmp / "comparison.md").write_text(comparison_markdown(results, title, differences), encoding="utf-8")
-        (tmp / "comparison.html").write_text(comparison_html(results, title, differences), encoding="utf-8")
+        (tmp / "comparison.md").write_text(comparison_markdown(results, title, differences, figures), encoding="utf-8")
+        (tmp / "comparison.html").write_text(comparison_html(results, title, differences, figures), encoding="utf-8")
         data = {name: r.to_json() for name, r in results.items()}
         (tmp / "comparison.json").write_text(json.dumps(_jsonable(data), ensure_ascii=False, indent=2) + "\n",
                                              encoding="utf-8")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ def plot_fitness(runs: dict[str, list[JournalEntry]], popsize: int, out: Path) -
     return atomic_write_bytes(out, buffer.getvalue())
 
 
-def write_test_report(results: Mapping[str, Any], metrics: Mapping[str, str | None], seed: int, out_dir: Path) -> dict[str, Any]:
+def write_test_report(results: Mapping[str, Any], metrics: Mapping[str, str | None], seed: int, out_dir: Path,
+                      figures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The test-split comparison of already evaluated models (one must be "evolved"); returns its summary.
 
     `metrics`: task name -> the metric the recipe's test section names (None: the task's primary).
@@ -62,7 +63,7 @@ def write_test_report(results: Mapping[str, Any], metrics: Mapping[str, str | No
     pairs = [("evolved", name) for name in results if name != "evolved"]
     differences = paired_differences(results, pairs, chosen, seed=seed)
     write_comparison_report(results, out_dir, title="Evolved merge vs sources and untuned baselines (test split)",
-                            differences=differences)
+                            differences=differences, figures=figures)
     for name, result in results.items():
         save_result(result, out_dir / "models" / slug(name), title=f"{name} (test split)")
     summary: dict[str, Any] = {"report": str(out_dir / "comparison.html"), "scores": {}, "evolved_vs": {}}

@@ -95,7 +95,9 @@ def finish_multi(run: Any, entries: list, objectives: list, names: list[str], ou
     report_results = dict(results)
     for number, result in member_results.items():
         report_results["evolved" if number == chosen else f"front {number:02d}"] = result
-    test = write_test_report(report_results, metrics, seed, out_dir / "test")
+    figures = [("Front (test split) with the sources and untuned baselines", "../front.png"),
+               ("Hypervolume of the front per generation", "../hypervolume.png")]
+    test = write_test_report(report_results, metrics, seed, out_dir / "test", figures=figures)
 
     references = {name: test_vector(r, objectives, evaluator.tasks) for name, r in results.items()}
     points = {f"front {i:02d}": {"values": {k: v["value"] for k, v in tests[e.index].items()},

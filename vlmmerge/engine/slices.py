@@ -4,74 +4,23 @@ A `slices:` recipe lists output slices, each one source with a `layer_range: [st
 stack in order. As in mergekit, the embeddings come from the first slice's model and the final norm
 and head from the last slice's model; passthrough's per-model `scale` (a number or `{filter, value}`
 entries, e.g. `{filter: down_proj, value: 0.5}`) multiplies a copied layer's tensors. The recipe
-loads as a one-model passthrough of the first slice's model (or of `non_layer_from`, a vlmmerge key:
-the model whose embeddings, final norm and head are written, as a data-flow path keeps model A's) (so the embeddings, the vision side of a
-VLM host and every non-layer tensor go through the ordinary passthrough method) whose decoder-layer
-stack is rewritten by `engine.stack_plan`. On a VLM host (`host:` or a VLM first model) only the
+loads as a one-model passthrough of the first slice's model, or of `non_layer_from` (a vlmmerge key:
+the model whose embeddings, final norm and head are written, as a data-flow path keeps model A's),
+so the embeddings, the vision side of a VLM host and every non-layer tensor go through the ordinary
+passthrough method; its decoder-layer stack is rewritten by `stack_plan`. `write_merge` plans a
+slices recipe here, so `vlmmerge merge`, `run_merge` and every caller of the engine run it. On a VLM host (`host:` or a VLM first model) only the
 language side is stacked; vision encoder and projector stay the host's.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from vlmmerge.engine import MergeJob, MergePlan, Source, StackedLayer, plan_job, stack_plan
-from vlmmerge.engine.plan import TensorPlan, TensorRead
+from vlmmerge.engine.job import MergeJob
+from vlmmerge.engine.layers import StackedLayer, stack_plan
+from vlmmerge.engine.plan import MergePlan, Source, TensorPlan, TensorRead, plan_job
 from vlmmerge.errors import RecipeError
-from vlmmerge.recipe import ConditionalParameter, ParameterSetting, Recipe, validation_details
-
-
-class SliceSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    layer_range: tuple[int, int]
-    parameters: dict[str, ParameterSetting] = Field(default_factory=dict)
-
-    @field_validator("layer_range")
-    @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 0 <= value[0] < value[1]:
-            raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
-        return value
-
-
-class Slice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sources: list[SliceSource]
-
-    @field_validator("sources")
-    @classmethod
-    def _one_source(cls, value: list[SliceSource]) -> list[SliceSource]:
-        if len(value) != 1:
-            raise ValueError(f"passthrough slices take exactly 1 source, got {len(value)} "
-                             "(slices that merge several sources are not supported)")
-        return value
-
-
-def parse_slices(raw: Any, where: str = "recipe") -> list[Slice]:
-    if not isinstance(raw, list) or not raw:
-        raise RecipeError(f"{where}: slices: expected a non-empty list of slices")
-    out = []
-    for i, item in enumerate(raw):
-        try:
-            out.append(Slice.model_validate(item))
-        except ValidationError as exc:
-            raise RecipeError(f"{where}: {validation_details(exc, f'slices.{i}')}") from None
-    return out
-
-
-def slices_recipe_data(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]:
-    """A `slices:` recipe's mapping in the `models:` form the Recipe model takes (slices kept, validated)."""
-    method = data.get("merge_method", "passthrough")
-    if method != "passthrough":
-        raise RecipeError(f"{where}: merge_method: `slices:` recipes are supported with passthrough only, not {method!r}")
-    slices = parse_slices(data["slices"], where)
-    first = data.get("non_layer_from") or slices[0].sources[0].model
-    return {**data, "merge_method": "passthrough", "models": [{"model": first}],
-            "slices": [s.model_dump(mode="json") for s in slices]}
+from vlmmerge.recipe import ConditionalParameter, ParameterSetting, Recipe, parse_slices
 
 
 def _scales(setting: ParameterSetting | None, where: str) -> tuple[float | None, tuple[tuple[str | None, float], ...]]:
@@ -142,6 +91,6 @@ def _post_weight(plan: MergePlan, tensor: TensorPlan, last: Source) -> TensorPla
     return TensorPlan(tensor.name, tensor.component, read=TensorRead(last.ref, read), shape=info.shape, dtype=info.dtype)
 
 
-def job_plan(job: MergeJob) -> MergePlan | None:
-    """The plan `vlmmerge merge` runs for a job: the slices plan, or None (the engine plans it)."""
-    return slices_plan(job) if job.recipe.slices else None
+def job_plan(job: MergeJob) -> MergePlan:
+    """The plan of any job: the layer stack of a `slices:` recipe, else the ordinary per-tensor plan."""
+    return slices_plan(job) if job.recipe.slices else plan_job(job)
