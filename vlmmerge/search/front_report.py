@@ -4,6 +4,9 @@ docs/miniature-world.md, and `demo_front_block` for `vlmmerge demo`.
 
     python -m vlmmerge.search.front_report --pareto runs/demo-vlm-pareto --full runs/demo-vlm-full \
         --racing runs/demo-vlm-racing --estimate runs/demo-vlm-estimate [--three runs/demo-three-pareto] --write
+    # one more row into the existing results (the other rows as they are in the JSON):
+    python -m vlmmerge.search.front_report --base docs/results/pareto.json --full runs/demo-vlm-full \
+        --racing-likelihood runs/demo-vlm-racing-likelihood --write
 """
 
 from __future__ import annotations
@@ -87,7 +90,17 @@ def cheaper_vs_full(folder: Path, full_folder: Path, task: str = "ja_caption", m
             "diff": diff.mean_diff, "ci": [diff.lo, diff.hi], "same_or_better": diff.lo <= 0 <= diff.hi or diff.lo > 0,
             "generated_items": items["generated"], "full_split_items": items["full_split_equivalent"],
             "ratio": items["ratio"], "at_most_a_third": items["ratio"] <= 1 / 3 + 1e-12,
-            "best_fitness": summary["best"]["fitness"], "dropped": summary.get("racing", {}).get("dropped")}
+            "best_fitness": summary["best"]["fitness"], "dropped": summary.get("racing", {}).get("dropped"),
+            **{k: summary["racing"][k] for k in ("likelihood_dropped", "likelihood_items", "settings")
+               if k in summary.get("racing", {}) and "likelihood_dropped" in summary["racing"]}}
+
+
+CHEAP = {"racing": "racing", "estimate": "estimate", "racing_likelihood": "likelihood first stage + racing"}
+
+
+def add_row(results: dict[str, Any], name: str, folder: Path, full_folder: Path) -> dict[str, Any]:
+    """`results` (e.g. docs/results/pareto.json loaded) with one cheaper-fitness row added or replaced."""
+    return {**results, name: cheaper_vs_full(folder, full_folder)}
 
 
 def pareto_markdown(results: dict[str, Any]) -> str:
@@ -111,15 +124,21 @@ def pareto_markdown(results: dict[str, Any]) -> str:
         parts += ["**(b) VLM + Japanese LM + math LM, objectives ja_caption x ja_math**", "",
                   demo_front_block(results["three"]["summary"], results["three"].get("folder"),
                                    results["three"].get("pictures")), ""]
-    cheap = {k: results[k] for k in ("racing", "estimate") if k in results}
+    cheap = {k: results[k] for k in CHEAP if k in results}
     if cheap:
         parts += ["**(c) Cheaper fitness vs the full-fitness CMA-ES search (ja_caption, test split)**", "",
                   "| search | test | full-fitness test | paired diff [95% CI] | generated fitness items | ratio |",
                   "|---|---|---|---|---|---|"]
         for name, r in cheap.items():
-            parts.append(f"| {name} | {r['test']['value']:.1f} {_ci(r['test']['ci'])} | {r['full_test']['value']:.1f} | "
+            parts.append(f"| {CHEAP[name]} | {r['test']['value']:.1f} {_ci(r['test']['ci'])} | {r['full_test']['value']:.1f} | "
                          f"{r['diff']:+.1f} [{r['ci'][0]:+.1f}, {r['ci'][1]:+.1f}] | {r['generated_items']} / "
                          f"{r['full_split_items']} | {r['ratio']:.3f} |")
+        if "racing_likelihood" in cheap:
+            r = cheap["racing_likelihood"]
+            setting = ", ".join(f"{k} {v}" for k, v in r["settings"]["likelihood"].items() if v is not None)
+            parts.append(f"\nLikelihood first stage ({setting}): {r['likelihood_dropped']} candidates "
+                         f"dropped before any generation; {r['likelihood_items']} likelihood forward passes (not "
+                         "counted as generated items); no guarantee on this stage (vlmmerge/search/racing.py).")
         parts.append("")
     for key, title in (("estimation_error", "Subset-estimation error vs the full split on journaled candidates"),
                        ("likelihood", "Likelihood objective vs generated exact match (journal)")):
@@ -142,12 +161,14 @@ def write_docs(results: dict[str, Any], root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("pareto", "comocma", "full", "racing", "estimate", "three"):
+    for name in ("pareto", "comocma", "full", "racing", "estimate", "three", "racing-likelihood"):
         parser.add_argument(f"--{name}", type=Path)
+    parser.add_argument("--base", type=Path, help="start from this results JSON (its rows kept as they are)")
     parser.add_argument("--extra", type=Path, help="a JSON of measured extras (estimation_error, likelihood)")
     parser.add_argument("--write", action="store_true", help="write docs/results/pareto.json and the doc blocks")
     args = parser.parse_args(argv)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = json.loads(args.base.read_text(encoding="utf-8")) if args.base else {}
+    fresh = {"vlm": args.pareto, "vlm_comocma": args.comocma, "three": args.three}
     if args.pareto:
         summary = _summary(args.pareto)
         results["vlm"] = {"folder": str(args.pareto), "summary": summary}
@@ -160,15 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             results["vlm_comocma"]["acceptance"] = acceptance_a(summary, _summary(args.full))
     if args.three:
         results["three"] = {"folder": str(args.three), "summary": _summary(args.three)}
-    for name in ("racing", "estimate"):
+    for name in ("racing", "estimate", "racing_likelihood"):
         if getattr(args, name) and args.full:
-            results[name] = cheaper_vs_full(getattr(args, name), args.full)
+            results = add_row(results, name, getattr(args, name), args.full)
     if args.write:  # the pictures go next to docs/results/pareto.json, linked from the blocks
         import shutil
 
         root = Path(__file__).resolve().parents[2]
         for case in ("vlm", "vlm_comocma", "three"):
-            if case in results:
+            if fresh[case]:  # rows taken from --base keep their pictures
                 names = []
                 for picture in ("front", "hypervolume"):
                     target = root / "docs" / "results" / f"pareto-{case.replace('_', '-')}-{picture}.png"

@@ -143,6 +143,10 @@ def run_objective_search(raw: Any, template: Any, config: Any, out_dir: Path, re
     if config.racing:
         summary["racing"] = {"settings": config.racing.model_dump(),
                              "dropped": sum(1 for e in entries if e.stages and not e.stages[-1].get("complete"))}
+        if config.racing.likelihood is not None:  # likelihood first stage: forward passes, no generation
+            summary["racing"]["likelihood_dropped"] = sum(1 for e in entries if e.stages and len(e.stages) == 1
+                                                          and e.stages[0].get("kind") == "likelihood")
+            summary["racing"]["likelihood_items"] = sum(int(e.scores.get("likelihood_items", 0)) for e in entries)
     from vlmmerge.search.report_front import finish_multi, finish_single
 
     if multi:

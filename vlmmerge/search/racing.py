@@ -26,6 +26,26 @@ candidate dominates its upper-bound vector. "Earlier" means a smaller journal in
 run (replaying the journal) makes exactly the same decisions; the backend evaluates serially.
 A dropped candidate's fitness is its seen mean (below the threshold, so it is never the best nor
 on the front); each entry records its stages: items, seen means, upper bounds, kept or not.
+
+Likelihood first stage (`likelihood:`): before any generation, every candidate is scored with the
+likelihood objective (vlmmerge/evaluation/likelihood.py: mean log-probability of the references, one
+forward pass per item, no generation) on every fitness item of each objective's task:
+
+    racing: {likelihood: {keep: 0.5, warmup: 8}, stages: [0.15, 0.4, 1.0], bound: binomial}
+
+Rule: a candidate goes on to the generated stages iff fewer than `warmup` earlier candidates were
+likelihood-scored, or its likelihood ranks it in the top `keep` fraction of the earlier candidates
+and itself: fewer than ceil(keep * (earlier + 1)) earlier candidates have a strictly higher
+likelihood (one objective: the mean of the objectives' likelihoods; several: on at least one
+objective). With `window: W` only the last W earlier candidates count (after warm-up): against all
+of them, a search whose likelihood keeps improving keeps far more than `keep` (measured: keep 0.3
+kept 67% on the demo). "Earlier" is again a smaller journal index, so resume is exact. A candidate dropped
+here generates nothing; its objectives are 0.0 (the metrics' floor) and it is never the best nor on
+the front. **No guarantee**: likelihood only correlates with the generated metric (Spearman 0.62
+on the demo journal), so this stage can drop a candidate the full split would have kept; the
+generated stages after it keep their own bounds. The journaled stage is
+`{"kind": "likelihood", "likelihood": [per objective], "compared": [what the rule ranks],
+"likelihood_items": n, "items": 0, "kept": ...}`; likelihood forward passes are not generated items.
 """
 
 from __future__ import annotations
@@ -38,8 +58,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class LikelihoodStage(BaseModel):
+    """The likelihood first stage: keep the top `keep` fraction by likelihood (after `warmup`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep: float = Field(default=0.5, gt=0.0, le=1.0)
+    warmup: int = Field(default=0, ge=0)
+    window: int | None = Field(default=None, ge=1)  # compare with only the last `window` earlier candidates
+
+
 class RacingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    likelihood: LikelihoodStage | None = None  # a likelihood first stage before the generated ones
     stages: list[float] = Field(default_factory=lambda: [0.2, 1.0])
     bound: Literal["exact", "binomial"] = "binomial"
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
@@ -92,6 +122,17 @@ def keeps(upper: Sequence[float], earlier: Sequence[Sequence[float]], top: int) 
     return not any(dominates(e, upper) for e in earlier)
 
 
+def likelihood_keeps(value: Sequence[float], earlier: Sequence[Sequence[float]], keep: float, warmup: int,
+                     window: int | None = None) -> bool:
+    """The likelihood stage's rule (module doc): in the top `keep` fraction of earlier (the last
+    `window` of them) + itself on at least one objective, or still within the first `warmup` candidates."""
+    if len(earlier) < warmup:
+        return True
+    earlier = list(earlier)[-window:] if window else earlier
+    allowed = math.ceil(keep * (len(earlier) + 1) - 1e-9)
+    return any(sum(1 for e in earlier if e[j] > v) < allowed for j, v in enumerate(value))
+
+
 def stage_sizes(n_items: int, stages: Sequence[float]) -> list[int]:
     """Cumulative item counts of the stages (at least one item each, strictly increasing)."""
     sizes: list[int] = []
@@ -134,6 +175,11 @@ class RacingBackend:
         self.sizes = {t: stage_sizes(len(evaluator.items[t]), config.stages) for t in self.task_names}
         self.n_stages = max(len(s) for s in self.sizes.values())
         self.stage_evaluators = [self._stage_evaluator(k) for k in range(self.n_stages)]
+        self.likelihood_scorers = []
+        if config.likelihood is not None:
+            from vlmmerge.evaluation.likelihood import LikelihoodScorer
+
+            self.likelihood_scorers = [LikelihoodScorer(tasks[o.label], evaluator.items) for o in self.objectives]
 
     def _stage_evaluator(self, k: int):
         """An evaluator over the items new in stage k (same settings as the fitness evaluator)."""
@@ -158,11 +204,35 @@ class RacingBackend:
             vectors = [[float(np.mean(v))] for v in vectors]
         return vectors
 
-    def race(self, model: Any, processor: Any, earlier: list[list[float]]) -> tuple[float, dict[str, Any]]:
+    def earlier_likelihood(self, optimizer: str, index: int) -> list[list[float]]:
+        """Likelihood vectors (as the rule compares them) of the earlier likelihood-scored candidates."""
+        vectors = [entry.stages[0]["compared"] for entry in self.journal.of(optimizer)
+                   if entry.index < index and not entry.failed and entry.stages
+                   and entry.stages[0].get("kind") == "likelihood"]
+        return vectors
+
+    def likelihood_stage(self, model: Any, processor: Any, earlier: list[list[float]]) -> dict[str, Any]:
+        values = [float(scorer(model, processor)) for scorer in self.likelihood_scorers]
+        compared = values if self.multi else [float(np.mean(values))]
+        settings = self.config.likelihood
+        return {"kind": "likelihood", "likelihood": values, "compared": compared,
+                "likelihood_items": sum(len(s.items) for s in self.likelihood_scorers), "items": 0,
+                "kept": likelihood_keeps(compared, earlier, settings.keep, settings.warmup, settings.window),
+                "complete": False}
+
+    def race(self, model: Any, processor: Any, earlier: list[list[float]],
+             earlier_likelihood: list[list[float]] | None = None) -> tuple[float, dict[str, Any]]:
         from vlmmerge.search.objectives import generated_values, mean_objective
 
         seen: dict[str, list[float]] = {name: [] for name in self.names}
         stages: list[dict[str, Any]] = []
+        if self.likelihood_scorers:
+            first = self.likelihood_stage(model, processor, earlier_likelihood or [])
+            stages.append(first)
+            extra = {"stages": stages, "generated_items": 0, "likelihood_items": first["likelihood_items"]}
+            if not first["kept"]:
+                vector = [0.0] * len(self.names)
+                return mean_objective(vector), {**extra, "objectives": vector}
         generated = 0
         for k, ev in enumerate(self.stage_evaluators):
             if ev.tasks:
@@ -180,7 +250,10 @@ class RacingBackend:
             if not kept:
                 break
         vector = stages[-1]["objectives"]
-        return mean_objective(vector), {"objectives": vector, "stages": stages, "generated_items": generated}
+        out = {"objectives": vector, "stages": stages, "generated_items": generated}
+        if self.likelihood_scorers:
+            out["likelihood_items"] = stages[0]["likelihood_items"]
+        return mean_objective(vector), out
 
     def evaluate_many(self, candidates):
         from vlmmerge.search.candidates import evaluate_candidate
@@ -188,10 +261,11 @@ class RacingBackend:
 
         for candidate in candidates:
             earlier = self.earlier(candidate.optimizer, candidate.index)
+            earlier_likelihood = self.earlier_likelihood(candidate.optimizer, candidate.index)
 
-            def fitness(genome, earlier=earlier):
+            def fitness(genome, earlier=earlier, earlier_likelihood=earlier_likelihood):
                 model, processor = self.materializer.materialize(genome)
-                return self.race(model, processor, earlier)
+                return self.race(model, processor, earlier, earlier_likelihood)
 
             entry = evaluate_candidate(fitness, self.space, candidate)
             entry.stages = entry.scores.pop("stages", None)
