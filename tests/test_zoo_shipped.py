@@ -123,3 +123,8 @@ def test_demo_command_runs_on_another_world_and_records_only_the_shipped_one(mic
     assert len(result["world_table"]) == 12
     out = capsys.readouterr().out
     assert "VLM case: Japanese captions" in out and "three sources: TIES" in out
+    # the two-objective row: its front table, and the pictures the table and the report link to
+    pareto = tmp_path / "runs" / micro.root.name / "quick" / "vlm-pareto"
+    assert "Dominated by a front member" in out and str(pareto / "front.png") in out
+    assert (pareto / "front.png").is_file() and (pareto / "front.json").is_file()
+    assert "../front.png" in (pareto / "test" / "comparison.html").read_text(encoding="utf-8")

@@ -38,6 +38,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The demo; the world it activates (`VLMMERGE_WORLD`) is the caller's again afterwards."""
+    import os
+
+    from vlmmerge.zoo.refs import WORLD_ENV
+
+    before = os.environ.get(WORLD_ENV)
+    try:
+        return _run(args)
+    finally:
+        if before is None:
+            os.environ.pop(WORLD_ENV, None)
+        else:
+            os.environ[WORLD_ENV] = before
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from vlmmerge.errors import VlmMergeError
