@@ -242,6 +242,29 @@ def test_dataflow_candidates_go_through_the_same_pool(cluster, tmp_path, monkeyp
     assert pooled["best"] == serial["best"] and pooled["path"] == serial["path"]
 
 
+def test_multi_objective_candidates_go_through_the_same_pool(cluster, tmp_path, monkeypatch):
+    """NSGA-II on Ray: the journal (genomes, objective vectors) and the front equal the serial run's."""
+    monkeypatch.delenv("VLMMERGE_WORLD", raising=False)
+
+    def recipe(**backend):
+        r = _demo_recipe("demo-vlm-pareto.yaml", **backend)
+        r["evolve"].update(budget=8, popsize=4)
+        r["evolve"]["fitness"].update(limit=8, batch_size=8)
+        return r
+
+    serial = run_evolution(_write(tmp_path / "a", recipe()), tmp_path / "serial", progress=False, save_model=False)
+    pooled = run_evolution(_write(tmp_path / "b", recipe(kind="ray", actors=2)), tmp_path / "ray", progress=False,
+                           save_model=False)
+
+    def journal(run):
+        return sorted((r["index"], r["genome"], r["objectives"], r["error"]) for r in
+                      map(json.loads, (tmp_path / run / "journal.jsonl").read_text().splitlines()))
+
+    assert journal("ray") == journal("serial") and len(journal("ray")) == 8
+    assert all(len(row[2]) == 2 for row in journal("ray"))
+    assert [m["genome"] for m in pooled["front"]] == [m["genome"] for m in serial["front"]]
+
+
 def test_memory_per_actor_from_headers_matches_the_loaded_live_model(tmp_path, monkeypatch, capsys):
     from vlmmerge.search.evolve import resolve_refs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ import numpy as np
 from vlmmerge.errors import RecipeError, VlmMergeError
 from vlmmerge.search.files import atomic_write_text
 from vlmmerge.search.journal import Journal, JournalEntry
-from vlmmerge.search.objectives import (ObjectiveBackend, ObjectiveConfig, ObjectiveFitness, generated_values,
-                                        make_scorers, objective_names)
+from vlmmerge.search.objectives import (ObjectiveBackend, ObjectiveConfig, ObjectiveFitness, attach_objectives,
+                                        generated_values, make_scorers, objective_names)
 from vlmmerge.search.optimize import nonnegative_seed, run_search
 
 MULTI = ("nsga2", "comocma")
@@ -77,23 +78,72 @@ def make_backend(run: Any, objectives: list[ObjectiveConfig], journal: Journal, 
 
     config = run.config
     names = objective_names(objectives)
-    materializer = PSMaterializer(run.start_live(), run.space)
     evaluator = run.fitness_evaluator
     if config.racing and config.estimate:
         raise RecipeError("evolve: use either racing or estimate, not both")
+    if (config.racing or config.estimate) and config.backend.kind != "local":
+        raise RecipeError("evolve.backend: racing and subset estimation run on the local backend (their decisions "
+                          "depend on the candidates before; a pool would change them); use backend kind local")
     if config.racing:
         from vlmmerge.search.racing import RacingBackend
 
+        materializer = PSMaterializer(run.start_live(), run.space)
         return RacingBackend(materializer, evaluator, objectives, run.space, journal, config.racing,
                              nonnegative_seed(config.seed), multi), 0
     if config.estimate:
         from vlmmerge.search.estimate import EstimatedFitness
 
+        materializer = PSMaterializer(run.start_live(), run.space)
         anchors, upfront = choose_run_anchors(run, objectives, run.out_dir, materializer)
         return ObjectiveBackend(EstimatedFitness(materializer, evaluator, objectives, anchors), run.space, names), upfront
-    scorers = make_scorers(objectives, evaluator, nonnegative_seed(config.seed))
-    fitness = ObjectiveFitness(materializer, evaluator, objectives, scorers)
-    return ObjectiveBackend(fitness, run.space, names), 0
+    if config.backend.kind == "ray":  # each actor rebuilds the same objective fitness
+        from vlmmerge.search.ray_backend import RayBackend, actor_memory, check_device
+
+        check_device(config.backend, run.template.options.device)
+        pool = RayBackend(ObjectiveRunFitness(run.template, config, objectives), run.space, config.backend,
+                          actor_memory(run.template, run.host_ref).total)
+        return PooledObjectives(pool, names), 0
+    return ObjectiveBackend(run_objective_fitness(run, objectives), run.space, names), 0
+
+
+def run_objective_fitness(run: Any, objectives: list[ObjectiveConfig]) -> ObjectiveFitness:
+    """An evolve run's candidates scored on every objective (live merge, fitness evaluator, scorers)."""
+    from vlmmerge.search.candidates import PSMaterializer
+
+    scorers = make_scorers(objectives, run.fitness_evaluator, nonnegative_seed(run.config.seed))
+    return ObjectiveFitness(PSMaterializer(run.start_live(), run.space), run.fitness_evaluator, objectives, scorers)
+
+
+@dataclass
+class ObjectiveRunFitness:
+    """A picklable fitness factory for Ray actors: the run's objective fitness, rebuilt in the actor."""
+
+    template: Any  # Recipe, model references resolved
+    config: Any  # EvolveConfig
+    objectives: list[ObjectiveConfig]
+
+    def __call__(self) -> ObjectiveFitness:
+        import os
+
+        from vlmmerge.search.evolve import EvolveRun
+
+        return run_objective_fitness(EvolveRun(self.template, self.config, Path(os.devnull), progress=False),
+                                     self.objectives)
+
+
+@dataclass
+class PooledObjectives:
+    """A Ray pool's entries with their objective vectors taken out of the scores, as the serial backend does."""
+
+    pool: Any
+    names: list[str]
+
+    def evaluate_many(self, candidates):
+        for entry in self.pool.evaluate_many(candidates):
+            yield attach_objectives(entry, self.names)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def test_vector(result: Any, objectives: list[ObjectiveConfig], tasks: list[Any]) -> dict[str, Any]:
@@ -134,7 +184,10 @@ def run_objective_search(raw: Any, template: Any, config: Any, out_dir: Path, re
     from vlmmerge.search.multiobjective import make_strategy
 
     strategy = make_strategy(run.space, config.search, len(objectives))
-    entries = run_search(strategy, run.space, backend, journal, config.budget, progress, retry_failed)
+    try:
+        entries = run_search(strategy, run.space, backend, journal, config.budget, progress, retry_failed)
+    finally:
+        getattr(backend, "close", lambda: None)()  # a Ray pool's actors
     summary: dict[str, Any] = {
         "recipe": str(recipe_path), "seed": config.seed, "optimizer": config.search.optimizer, "objectives": names,
         "space": run.space.describe(), "evaluations": len(entries), "failed": sum(e.failed for e in entries),
