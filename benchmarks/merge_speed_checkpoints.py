@@ -25,6 +25,10 @@ SIZES: dict[str, dict] = {
         vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
         num_attention_heads=32, num_key_value_heads=8, shard_bytes=1_000_000_000,
     ),
+    "mid": dict(  # ~150M parameters: for iterating on a shared machine (the 1B run takes > 15 min there)
+        vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+        num_attention_heads=16, num_key_value_heads=4, shard_bytes=200_000_000,
+    ),
     "tiny": dict(
         vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, shard_bytes=100_000,

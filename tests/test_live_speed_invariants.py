@@ -9,7 +9,9 @@ import torch
 
 from core_helpers import load_tensors, make_world
 from vlmmerge.engine import run_merge
-from vlmmerge.live import LiveMerge, live_memory
+from vlmmerge.live import KEPT_METHODS, LiveMerge, live_memory
+from vlmmerge.methods import task_vectors
+from vlmmerge.methods.kept import KeptTaskVector, keeping
 from vlmmerge.methods.masks import DrawnUniforms, keep_below, mask_generators
 from vlmmerge.recipe import load_recipe
 
@@ -33,6 +35,7 @@ def _recipe(world, method, densities, weights=(1.0, 0.6), seed=4, dtype="float32
 @pytest.mark.parametrize(("method", "dtype"), [
     ("dare_ties", "float32"), ("dare_linear", "float32"), ("della", "float32"), ("ties", "float32"),
     ("task_arithmetic", "float32"), ("linear", "float32"), ("task_arithmetic", "bfloat16"),  # the last two: in slices
+    ("breadcrumbs_ties", "float32"), ("della_linear", "float32"), ("ties", "bfloat16"), ("breadcrumbs", "bfloat16"),
 ])
 def test_live_candidates_are_the_static_merge(world, tmp_path, method, dtype):
     live = LiveMerge([str(world["base"]), str(world["vlm"]), str(world["ft_a"])], str(world["vlm"]),
@@ -46,6 +49,8 @@ def test_live_candidates_are_the_static_merge(world, tmp_path, method, dtype):
         state = live.model.state_dict()
         for name, value in load_tensors(out).items():
             assert state[name].dtype == value.dtype and torch.equal(state[name], value), (number, name)
+    if method in KEPT_METHODS - {"task_arithmetic"}:  # task_arithmetic here merges in slices
+        assert live.kept_bytes > 0  # task vectors (and sorted magnitudes / ranks) were kept
     if method.startswith(("dare", "della")):
         assert live.mask_bytes > 0  # the draws were kept (two seeds' worth)
         assert {key[0] for key in live._uniforms} == {4, 9}
@@ -75,6 +80,9 @@ def test_live_memory_counts_what_the_live_model_caches(world):
     memory = live_memory({ref: Source.open(ref) for ref in refs}, str(world["vlm"]), refs, masked_models=2)
     assert sum(memory.cached.values()) == live.cached_bytes
     assert 0.9 * memory.masks <= live.mask_bytes <= memory.masks  # vocabulary rows kept by the host draw less
+    live.apply(_recipe(world, "ties", (0.5, 0.5)))  # kept task vectors: tau and sorted |tau| per model
+    kept = live_memory({ref: Source.open(ref) for ref in refs}, str(world["vlm"]), refs, kept_models=2).kept
+    assert 0 < live.kept_bytes <= kept  # an upper bound (tensors the host keeps whole keep nothing)
 
 
 def test_past_the_mask_cache_budget_tensors_draw_afresh_with_the_same_masks(world, tmp_path):
@@ -90,3 +98,26 @@ def test_past_the_mask_cache_budget_tensors_draw_afresh_with_the_same_masks(worl
     state = budget.model.state_dict()
     for name, value in load_tensors(out).items():
         assert torch.equal(state[name], value), name
+
+
+@pytest.mark.parametrize("coarse", [True, False])
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "della", "dare_ties"])
+def test_kept_task_vectors_give_the_same_bits_with_tied_magnitudes(method, coarse):
+    """Magnitudes on a coarse grid tie at every threshold: lookups in the kept sorted |tau| give the
+    selection's threshold and counts, so the merge is the same bits for every density."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 48, generator=gen)
+    step = (lambda: torch.randint(-4, 5, (64, 48), generator=gen).float() / 8) if coarse \
+        else (lambda: torch.randn(64, 48, generator=gen) * 0.1)
+    fts = [base + step() for _ in range(3)]
+    entries = [KeptTaskVector() for _ in fts]
+    for densities in ([0.5, 0.3, 0.9], [0.21, 0.77, 0.5], [0.05, 1.0, 0.33]):
+        extra = {"generator": [torch.Generator().manual_seed(i) for i in range(3)]} if method.startswith("d") else {}
+        extra.update({"epsilons": [0.04] * 3} if method == "della" else {})
+        plain = getattr(task_vectors, method)(base, fts, [1.0, 0.5, 0.7], densities, **extra)
+        if method.startswith("d"):
+            extra["generator"] = [torch.Generator().manual_seed(i) for i in range(3)]
+        with keeping(entries):
+            fast = getattr(task_vectors, method)(base, fts, [1.0, 0.5, 0.7], densities, **extra)
+        assert torch.equal(plain, fast), densities
+    assert all(e.tau is not None for e in entries)

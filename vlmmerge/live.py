@@ -18,14 +18,21 @@ from pathlib import Path
 
 import torch
 
-from vlmmerge.engine import MergePlan, Source, merge_tensor, plan_merge
-from vlmmerge.engine.compute import merged_slices, merges_in_slices
+from vlmmerge.engine import MergePlan, Source, plan_merge
+from vlmmerge.engine.compute import (
+    HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices, read_tensor_inputs,
+)
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.methods.kept import KeptTaskVector, keeping
 from vlmmerge.methods.masks import DrawnUniforms, mask_seed
 from vlmmerge.recipe import Recipe
 
 
 MASK_CACHE_BYTES = 4 * 1024**3
+KEPT_CACHE_BYTES = 8 * 1024**3
+# Task-vector methods whose kernels use kept task vectors (`methods.kept`): tau, sorted |tau|, DELLA ranks.
+KEPT_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
+                          "task_arithmetic"})
 
 
 class CachedSource(Source):
@@ -58,6 +65,9 @@ class LiveMerge:
     # random masks' uniforms kept between candidates (4 bytes per element per model; no draw per
     # candidate) up to this many bytes; past it, tensors draw afresh (the same numbers, slower)
     mask_cache_bytes: int = MASK_CACHE_BYTES
+    # task vectors in the compute dtype and their sorted magnitudes / DELLA ranks (8 bytes per
+    # float32 element per model, charged up front), kept up to this many bytes; past it, computed afresh
+    kept_cache_bytes: int = KEPT_CACHE_BYTES
     sources: dict[str, CachedSource] = field(init=False)
     model: torch.nn.Module = field(init=False)
     processor: object = field(init=False)
@@ -65,6 +75,9 @@ class LiveMerge:
     _checked: bool = field(init=False, default=False)
     _uniforms: dict[tuple[int, str, int], DrawnUniforms] = field(init=False, default_factory=dict)
     _kept_bytes: int = field(init=False, default=0)
+    _task_vectors: dict[tuple, KeptTaskVector] = field(init=False, default_factory=dict)
+    _task_vector_bytes: int = field(init=False, default=0)
+    _inputs_kept: dict[tuple, TensorInputs] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sources = {ref: CachedSource(Source.open(ref)) for ref in dict.fromkeys([self.host_ref, *self.refs])}
@@ -121,7 +134,9 @@ class LiveMerge:
                     flat[offset:offset + piece.numel()].copy_(piece)
                     offset += piece.numel()
                 continue
-            value = merge_tensor(plan, tensor, device=self.device, generators=self._generators(plan, tensor))
+            with keeping(self._kept(plan, tensor)):  # merge_tensor, on kept inputs
+                value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
+                                              self._generators(plan, tensor))
             param.copy_(value.to(device=param.device, dtype=param.dtype))
         self.last_apply_seconds = time.perf_counter() - start
 
@@ -137,6 +152,45 @@ class LiveMerge:
             return None  # fresh generators of the same seeds: the same masks
         self._kept_bytes += new
         return [self._uniforms.setdefault(k, DrawnUniforms(mask_seed(*k))).rewind() for k in keys]
+
+    def _kept(self, plan: MergePlan, tensor) -> list[KeptTaskVector] | None:
+        """Per member, its kept task vector of this tensor (same inputs, same bits), or None."""
+        if plan.method.name not in KEPT_METHODS or plan.base is None \
+                or (plan.vocabulary is not None and tensor.component in ("embeddings", "head")):
+            return None
+        rows = (tensor.merged_rows, tuple(sorted(tensor.host_rows or ())))  # what `method_rows` selects
+        keys = [(tensor.name, tensor.lm_name, rows, plan.base.ref, member.source.ref, plan.compute_dtype)
+                for member in plan.members]
+        new = sum(k not in self._task_vectors for k in keys) * tensor.numel * 8
+        if new and self._task_vector_bytes + new > self.kept_cache_bytes:
+            return None
+        self._task_vector_bytes += new
+        return [self._task_vectors.setdefault(k, KeptTaskVector()) for k in keys]
+
+    def _inputs(self, plan: MergePlan, tensor) -> TensorInputs:
+        """`read_tensor_inputs`, kept for vocabulary tensors whose merged rows are gathered (a copy
+        per read otherwise); the other inputs are views of the cached source tensors."""
+        if not tensor.merged or not tensor.host_rows or plan.vocabulary is not None:
+            return read_tensor_inputs(plan, tensor, self.device)
+        key = (tensor.name, tensor.merged_rows, tuple(sorted(tensor.host_rows)), plan.method.name in HALF_INPUT_METHODS,
+               plan.compute_dtype,
+               plan.base.ref if plan.base is not None else None, tuple(m.source.ref for m in plan.members))
+        inputs = self._inputs_kept.get(key)
+        if inputs is None:
+            inputs = read_tensor_inputs(plan, tensor, self.device)
+            size = sum(t.numel() * t.element_size() for t in [inputs.base, *inputs.members] if t is not None)
+            if self._task_vector_bytes + size > self.kept_cache_bytes:
+                return inputs
+            self._task_vector_bytes += size
+            self._inputs_kept[key] = inputs
+        return inputs
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes held by kept task vectors and gathered inputs (see `kept_cache_bytes`)."""
+        inputs = sum(t.numel() * t.element_size() for i in self._inputs_kept.values()
+                     for t in [i.base, *i.members] if t is not None)
+        return inputs + sum(k.nbytes for k in self._task_vectors.values())
 
     @property
     def mask_bytes(self) -> int:
@@ -168,21 +222,24 @@ class LiveMemory:
     cached: dict[str, int]  # per source: its language-side tensors in their stored dtype
     working: int  # one tensor's merge: every input in float32 plus the output
     masks: int = 0  # kept uniforms of random masks (DARE, DELLA), at most `LiveMerge.mask_cache_bytes`
+    kept: int = 0  # kept task vectors (KEPT_METHODS), at most `LiveMerge.kept_cache_bytes`
 
     @property
     def total(self) -> int:
-        return self.model + sum(self.cached.values()) + self.working + self.masks
+        return self.model + sum(self.cached.values()) + self.working + self.masks + self.kept
 
     def describe(self) -> dict[str, object]:
         gib = 1024**3
         return {"total_bytes": self.total, "total_gib": round(self.total / gib, 4), "model_gib": round(self.model / gib, 4),
                 "cached_gib": {ref: round(b / gib, 4) for ref, b in self.cached.items()},
-                "working_gib": round(self.working / gib, 4), "kept_masks_gib": round(self.masks / gib, 4)}
+                "working_gib": round(self.working / gib, 4), "kept_masks_gib": round(self.masks / gib, 4),
+                "kept_task_vectors_gib": round(self.kept / gib, 4)}
 
 
 def live_memory(sources: dict[str, Source], host_ref: str, refs: Sequence[str],
                 dtype: torch.dtype | None = None, masked_models: int = 0,
-                mask_cache_bytes: int = MASK_CACHE_BYTES) -> LiveMemory:
+                mask_cache_bytes: int = MASK_CACHE_BYTES, kept_models: int = 0,
+                kept_cache_bytes: int = KEPT_CACHE_BYTES) -> LiveMemory:
     """The memory a `LiveMerge(refs, host_ref, dtype=dtype)` needs, from `sources` (each ref and the
     host, opened: headers only): the host model in `dtype` (None: its stored dtype), the language
     tensors of every model in `refs` as cached (only the vocabulary tensors of a host outside
@@ -203,7 +260,11 @@ def live_memory(sources: dict[str, Source], host_ref: str, refs: Sequence[str],
     working = largest * 4 * (len(refs) + 2)
     host_language = sum(host.checkpoint.info(n).numel for n in host.anatomy.language_names)
     masks = min(mask_cache_bytes, host_language * 4 * masked_models)
-    return LiveMemory(model, cached, working, masks)
+    # what `LiveMerge._kept` charges at most, plus the gathered vocabulary rows `_inputs` keeps (base + models)
+    vocabulary = sum(host.checkpoint.info(n).numel for n in dict.fromkeys([host.anatomy.embed_name, host.anatomy.head_name])
+                     if n is not None and n in host.checkpoint)
+    kept = min(kept_cache_bytes, (host_language * 8 + vocabulary * 4) * kept_models + vocabulary * 4) if kept_models else 0
+    return LiveMemory(model, cached, working, masks, kept)
 
 
 def _name(dtype: torch.dtype) -> str:

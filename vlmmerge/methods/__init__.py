@@ -7,12 +7,11 @@ from vlmmerge.methods.interpolation import karcher, linear, model_stock, nuslerp
 from vlmmerge.methods.masks import draw_uniforms, mask_generators, mask_seed
 from vlmmerge.methods.registry import MergeMethod
 from vlmmerge.methods.table import METHODS, get_method
+from vlmmerge.methods.della import della_keep_probabilities, della_sparsify
 from vlmmerge.methods.sparsify import (
     RESCALE_NORMS,
     dare_mask,
     dare_sparsify,
-    della_keep_probabilities,
-    della_sparsify,
     rank_range_mask,
     rescale_to_norm,
     trim_outliers,

@@ -1,7 +1,8 @@
-"""Sparsification of task vectors: magnitude top-k, breadcrumbs, DARE and DELLA drops.
+"""Sparsification of task vectors: magnitude top-k, breadcrumbs and DARE drops (DELLA: `della.py`).
 
 All functions take a delta tensor (finetuned - base) that the caller owns: they may modify it in
-place and return it. Selection never sorts a whole tensor: an exact rank threshold is found with
+place and return it (with `out`, a tensor of its shape and dtype, they write the result there and
+leave `delta` as it is: a kept task vector, `kept.py`; same operations, same bits). Selection never sorts a whole tensor: an exact rank threshold is found with
 `torch.kthvalue` on a small bracket located by a deterministic sample (see `value_at_rank`).
 
 Ties at a rank boundary are broken by flat index, as a stable sort in mergekit's direction would
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods.kept import KeptTaskVector, count_above, count_below
 from vlmmerge.methods.masks import dare_mask, draw_uniforms, keep_below  # noqa: F401  (dare_mask, draw_uniforms: re-exported)
 
 # Below this many elements `torch.kthvalue` on the whole tensor is already cheap; above it (8x the
@@ -121,10 +123,11 @@ def _position_of_nth_equal(values: Tensor, target: Tensor, nth: int) -> int:
     raise ValueError(f"fewer than {nth} elements equal {float(target)}")
 
 
-def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
+def rank_range_mask(values: Tensor, start: int, stop: int, ordered: Tensor | None = None) -> Tensor:
     """Boolean mask (shape of `values`) of the elements whose ascending rank lies in [start, stop).
 
-    Ranks order by value, ties by flat index. Two exact rank thresholds, no sort.
+    Ranks order by value, ties by flat index. Two exact rank thresholds, no sort (`ordered`: the
+    values already sorted, kept between merges; the thresholds and counts are then lookups).
     """
     flat = values.reshape(-1)
     n = flat.numel()
@@ -133,8 +136,9 @@ def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
         return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
     if start == 0 and stop == n:
         return torch.ones(values.shape, dtype=torch.bool, device=values.device)
-    lo = value_at_rank(flat, start) if start > 0 else None
-    hi = value_at_rank(flat, stop - 1) if stop < n else None
+    at = (lambda rank: ordered[rank]) if ordered is not None else (lambda rank: value_at_rank(flat, rank))
+    lo = at(start) if start > 0 else None
+    hi = at(stop - 1) if stop < n else None
     if lo is not None:
         mask = flat >= lo
         if hi is not None:
@@ -144,14 +148,33 @@ def rank_range_mask(values: Tensor, start: int, stop: int) -> Tensor:
     if _count(mask) != stop - start:
         # Ties at a boundary value: drop the tied elements that rank outside [start, stop).
         if lo is not None:
-            excess_low = start - _count(flat < lo)
+            excess_low = start - (count_below(ordered, lo) if ordered is not None else _count(flat < lo))
             if excess_low > 0:
                 mask[torch.nonzero(flat == lo).squeeze(1)[:excess_low]] = False
         if hi is not None:
-            excess_high = (n - stop) - _count(flat > hi)
+            excess_high = (n - stop) - (count_above(ordered, hi) if ordered is not None else _count(flat > hi))
             if excess_high > 0:
                 mask[torch.nonzero(flat == hi).squeeze(1)[-excess_high:]] = False
     return mask.reshape(values.shape)
+
+
+def _rank_range_keep(flat: Tensor, start: int, stop: int, ordered: Tensor, out: Tensor) -> Tensor | None:
+    """`rank_range_mask` as 1.0 / 0.0 in `out` (flat, float), from the sorted values `ordered`:
+    float compares, the counts by lookup (a bool mask is slow to build and to apply). Overwrites
+    `flat`. None when values tie at a boundary (the caller takes `rank_range_mask`)."""
+    n = flat.numel()
+    start, stop = max(start, 0), min(stop, n)
+    if stop <= start or (start == 0 and stop == n):
+        return out.fill_(0.0 if stop <= start else 1.0)
+    lo = ordered[start] if start > 0 else None
+    hi = ordered[stop - 1] if stop < n else None
+    inside = n - (count_below(ordered, lo) if lo is not None else 0) - (count_above(ordered, hi) if hi is not None else 0)
+    if inside != stop - start:
+        return None
+    if lo is None:
+        return torch.le(flat, hi, out=out)
+    torch.ge(flat, lo, out=out)
+    return out.mul_(torch.le(flat, hi, out=flat)) if hi is not None else out
 
 
 def rescale_to_norm(masked: Tensor, before: Tensor, norm: str, scratch: Tensor | None = None) -> Tensor:
@@ -181,6 +204,13 @@ def _norm_of(tensor: Tensor, norm: str, scratch: Tensor | None = None) -> Tensor
     raise RecipeError(f"rescale_norm: unknown norm {norm!r}; expected one of l1, l2, linf")
 
 
+def _before_norm(delta: Tensor, norm: str, scratch: Tensor | None, kept: KeptTaskVector | None) -> Tensor:
+    """`_norm_of(delta)`; kept with the task vector when `delta` is one (`kept`)."""
+    if kept is None:
+        return _norm_of(delta, norm, scratch)
+    return kept.norm(norm, lambda: _norm_of(delta, norm, scratch))
+
+
 def _check_deterministic_norm(rescale_norm: str | None) -> None:
     if rescale_norm == "probability":
         raise RecipeError(
@@ -189,19 +219,21 @@ def _check_deterministic_norm(rescale_norm: str | None) -> None:
         )
 
 
-def _apply_keep_mask(delta: Tensor, keep: Tensor, rescale_norm: str | None) -> Tensor:
-    before = _norm_of(delta, rescale_norm) if rescale_norm is not None else None
-    delta.mul_(keep)
+def _apply_keep_mask(delta: Tensor, keep: Tensor, rescale_norm: str | None, out: Tensor | None = None,
+                     kept: KeptTaskVector | None = None) -> Tensor:
+    before = _before_norm(delta, rescale_norm, None, kept) if rescale_norm is not None else None
+    delta = torch.mul(delta, keep, out=out) if out is not None else delta.mul_(keep)
     if rescale_norm is not None:
         rescale_to_norm(delta, before, rescale_norm)
     return delta
 
 
-def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
+def top_k_magnitudes(magnitudes: Tensor, k: int, ordered: Tensor | None = None) -> Tensor:
     """Zero all but the k largest entries of a non-negative tensor, in place; returns it.
 
     Among equal values at the threshold the lower flat indices are kept (the order of a stable
     descending sort). No boolean masks: `threshold_` keeps x > prev_float(t), i.e. x >= t.
+    `ordered`: the magnitudes sorted ascending (kept between merges): the threshold is a lookup.
     """
     flat = magnitudes.reshape(-1)
     n = flat.numel()
@@ -209,7 +241,12 @@ def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
         return magnitudes
     if k <= 0:
         return magnitudes.zero_()
-    threshold, n_below, n_equal = _select(flat, n - k, counts=True)
+    if ordered is not None:
+        threshold = ordered[n - k]
+        n_below = count_below(ordered, threshold)
+        n_equal = n - n_below - count_above(ordered, threshold)
+    else:
+        threshold, n_below, n_equal = _select(flat, n - k, counts=True)
     if threshold <= 0:
         return magnitudes  # fewer than k nonzero entries: every nonzero entry is kept
     below_threshold = float(torch.nextafter(threshold, torch.zeros_like(threshold)))
@@ -226,7 +263,8 @@ def top_k_magnitudes(magnitudes: Tensor, k: int) -> Tensor:
 
 
 def trim_to_density(
-    delta: Tensor, density: float, rescale_norm: str | None = None, scratch: Tensor | None = None
+    delta: Tensor, density: float, rescale_norm: str | None = None, scratch: Tensor | None = None,
+    kept: KeptTaskVector | None = None, out: Tensor | None = None,
 ) -> Tensor:
     """Keep the `density` fraction of largest-magnitude entries (TIES trim); zero the rest.
 
@@ -238,14 +276,14 @@ def trim_to_density(
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return delta.zero_()
+        return (delta if out is None else out).zero_()
     k = max(1, int(density * delta.numel()))
     magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
     before = None
     if rescale_norm is not None:
         before = magnitudes.sum() if rescale_norm == "l1" else _norm_of(delta, rescale_norm)
-    top_k_magnitudes(magnitudes, k)
-    trimmed = torch.copysign(magnitudes, delta, out=delta)
+    top_k_magnitudes(magnitudes, k, kept.sorted_magnitudes(magnitudes) if kept is not None else None)
+    trimmed = torch.copysign(magnitudes, delta, out=delta if out is None else out)
     if rescale_norm is not None:
         rescale_to_norm(trimmed, before, rescale_norm)
     return trimmed
@@ -257,6 +295,8 @@ def trim_outliers(
     gamma: float = 0.01,
     rescale_norm: str | None = None,
     scratch: Tensor | None = None,
+    kept: KeptTaskVector | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Model Breadcrumbs: drop the `gamma` fraction of largest magnitudes, then the smallest,
     keeping `density` of the entries.
@@ -273,9 +313,13 @@ def trim_outliers(
     n_top = int(gamma * n)
     n_bottom = max(0, n - target - n_top)
     magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
-    keep = rank_range_mask(magnitudes, n_bottom, n_bottom + target)
+    ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
+    keep = None
+    if ordered is not None and out is not None and out.dtype.is_floating_point:
+        keep = _rank_range_keep(magnitudes.reshape(-1), n_bottom, n_bottom + target, ordered, out.view(-1))
+    keep = rank_range_mask(magnitudes, n_bottom, n_bottom + target, ordered) if keep is None else out
     del magnitudes
-    return _apply_keep_mask(delta, keep, rescale_norm)
+    return _apply_keep_mask(delta, keep, rescale_norm, out, kept)
 
 
 def dare_sparsify(
@@ -284,6 +328,8 @@ def dare_sparsify(
     generator: torch.Generator | None = None,
     rescale_norm: str | None = "l1",
     scratch: Tensor | None = None,
+    out: Tensor | None = None,
+    kept: KeptTaskVector | None = None,
 ) -> Tensor:
     """DARE (Yu et al., 2023): drop each entry with probability 1 - density, rescale the rest.
 
@@ -299,73 +345,17 @@ def dare_sparsify(
     # now, the mask next and the absolute values after the drop last (no fresh allocation).
     before = None
     if rescale_norm not in (None, "probability"):
-        before = _norm_of(delta, rescale_norm, scratch)
+        before = _before_norm(delta, rescale_norm, scratch, kept)
     # float32 uniforms whatever delta's dtype (the stream dare_mask and mergekit draw), compared
     # in place to a 1.0 / 0.0 mask: cheaper to apply than a bool mask.
     keep = keep_below(delta.shape, density, generator, delta.device, out=scratch)
+    target = delta if out is None else out
     if rescale_norm == "probability":
         if density <= 0:
-            return delta.zero_()
-        return delta.mul_(keep).div_(density)
-    delta.mul_(keep)
+            return target.zero_()
+        return torch.mul(delta, keep, out=target).div_(density)
+    delta = torch.mul(delta, keep, out=target)
     del keep
     if before is not None:
         rescale_to_norm(delta, before, rescale_norm, scratch)
     return delta
-
-
-def della_keep_probabilities(magnitudes: Tensor, density: float, epsilon: float) -> Tensor:
-    """DELLA MagPrune: per-row rank-scaled keep probabilities in [density - eps, density + eps].
-
-    Ranks are taken along dim 1 (a 1-D tensor is one row): the smallest magnitude gets
-    density - epsilon, the largest density + epsilon, linear in rank between.
-    """
-    rows = magnitudes if magnitudes.dim() >= 2 else magnitudes.unsqueeze(0)
-    width = rows.shape[1]
-    order = torch.argsort(rows, dim=1)
-    ranks = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
-    positions = torch.arange(width, dtype=torch.float32, device=rows.device)
-    positions = positions.view((1, width) + (1,) * (rows.dim() - 2)).expand(rows.shape)
-    ranks.scatter_(1, order, positions)
-    del order
-    if width > 1:
-        rank_norm = ranks.div_(width - 1).clamp_(0, 1)
-    else:
-        # A single element per row has no rank spread (mergekit divides 0 by 0 here).
-        rank_norm = ranks.fill_(0.5)
-    probabilities = rank_norm.mul_(2).mul_(epsilon).add_(density - epsilon)
-    return probabilities.reshape(magnitudes.shape)
-
-
-def della_sparsify(
-    delta: Tensor,
-    density: float,
-    epsilon: float,
-    generator: torch.Generator | None = None,
-    rescale_norm: str | None = "l1",
-    scratch: Tensor | None = None,
-) -> Tensor:
-    """DELLA (Deep et al., 2024) MagPrune drop with magnitude-ranked keep probabilities.
-
-    Same uniforms as mergekit's `torch.bernoulli(probs)`. `rescale_norm` as in `dare_sparsify`
-    ("probability" divides each survivor by its own keep probability, the paper's formula).
-    density >= 1 returns `delta`; density <= 0 zeros it; otherwise density +/- epsilon must lie
-    in (0, 1). Modifies `delta` in place.
-    """
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return delta.zero_()
-    if density + epsilon >= 1 or density - epsilon <= 0:
-        raise RecipeError(
-            f"epsilon: density +/- epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
-        )
-    magnitudes = torch.abs(delta, out=scratch) if scratch is not None else delta.abs()
-    probabilities = della_keep_probabilities(magnitudes, density, epsilon)
-    del magnitudes
-    out = scratch.view(probabilities.shape) if scratch is not None else None
-    keep = keep_below(probabilities.shape, probabilities, generator, delta.device, out=out)
-    if rescale_norm == "probability":
-        return delta.mul_(keep).div_(probabilities)
-    del probabilities
-    return _apply_keep_mask(delta, keep, rescale_norm)

@@ -29,16 +29,14 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods.kept import kept
 from vlmmerge.methods.masks import Generators, generator_for
-from vlmmerge.methods.sparsify import (
-    dare_sparsify,
-    della_sparsify,
-    trim_outliers,
-    trim_to_density,
-)
+from vlmmerge.methods.della import della_sparsify
+from vlmmerge.methods.sparsify import dare_sparsify, trim_outliers, trim_to_density
 
-# sparsify(delta, model_index, scratch) -> delta; may modify delta in place and use scratch (a
-# tensor of delta's shape and dtype) as workspace.
+# sparsify(delta, model_index, scratch, out=None) -> delta; may modify delta in place and use
+# scratch (a tensor of delta's shape and dtype) as workspace; with `out` (a kept task vector as
+# `delta`) it writes the result to `out` and leaves delta as it is.
 Sparsifier = Callable[[Tensor, int, Tensor], Tensor]
 
 
@@ -91,13 +89,20 @@ def generalized_task_arithmetic(
     # Preallocated buffers, filled in place: on CPU a fresh large tensor costs more (page faults)
     # than the arithmetic done in it.
     scratch = torch.empty_like(base) if sparsify is not None else None
+    entries = [kept(i, len(finetuned)) for i in range(len(finetuned))]  # live candidates: kept task vectors
 
     def weighted_delta(i: int, out: Tensor) -> Tensor:
-        delta = out.copy_(finetuned[i]).sub_(base)
-        if sparsify is not None:
-            delta = sparsify(delta, i, scratch)
-            if delta.data_ptr() != out.data_ptr():
-                delta = out.copy_(delta)
+        tau = entries[i].task_vector(finetuned[i], base, dtype) if entries[i] is not None else None
+        if tau is not None and sparsify is None:
+            return torch.mul(tau, weights_t[i], out=out)  # copy_ then mul_, in one pass (same bits)
+        if tau is not None:
+            delta = sparsify(tau, i, scratch, out)  # what sparsify(out.copy_(tau), ...) gives, one pass fewer
+        else:
+            delta = out.copy_(finetuned[i]).sub_(base)
+            if sparsify is not None:
+                delta = sparsify(delta, i, scratch)
+        if delta.data_ptr() != out.data_ptr():
+            delta = out.copy_(delta)
         return delta.mul_(weights_t[i])
 
     if consensus is None:
@@ -140,7 +145,9 @@ def generalized_task_arithmetic(
                     divisor.add_(agreeing.sign_(), alpha=weight)  # 1.0 where it agreed
         del agreeing
         if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1)
+            # 0 -> 1: adds 1.0 where it is 0 and +0.0 elsewhere (what masked_fill_ gives, bit for bit:
+            # -0.0 is 0 too), through a float mask in the free elected-sign buffer (a bool mask is slow)
+            divisor.add_(torch.eq(divisor, 0, out=elected))
         if normalize:
             merged.div_(divisor)
         del divisor
@@ -148,7 +155,7 @@ def generalized_task_arithmetic(
             merged.mul_(lambda_)
         # The result goes to the elected-sign buffer, free now, rather than to a view into the
         # stacked deltas (freed on return): base + merged, which is merged + base to the bit.
-        return elected.copy_(base_in).add_(merged)
+        return torch.add(base_in, merged, out=elected)
     if normalize:
         merged.div_(divisor)
     if lambda_ != 1:
@@ -189,7 +196,9 @@ def ties(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i, scratch: trim_to_density(delta, densities[i], norm, scratch),
+        sparsify=lambda delta, i, scratch, out=None: trim_to_density(
+            delta, densities[i], norm, scratch, kept(i, len(finetuned)), out
+        ),
         consensus="sum", normalize=normalize, lambda_=lambda_,
     )
 
@@ -210,8 +219,9 @@ def _dare(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i, scratch: dare_sparsify(
-            delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch
+        sparsify=lambda delta, i, scratch, out=None: dare_sparsify(
+            delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
+            kept(i, len(finetuned)),
         ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
@@ -264,7 +274,9 @@ def _breadcrumbs(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i, scratch: trim_outliers(delta, densities[i], gammas[i], norm, scratch),
+        sparsify=lambda delta, i, scratch, out=None: trim_outliers(
+            delta, densities[i], gammas[i], norm, scratch, kept(i, len(finetuned)), out
+        ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 
@@ -317,8 +329,9 @@ def _della(
     norm = _rescale_norm(rescale, rescale_norm)
     return generalized_task_arithmetic(
         base, finetuned, weights,
-        sparsify=lambda delta, i, scratch: della_sparsify(
-            delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch
+        sparsify=lambda delta, i, scratch, out=None: della_sparsify(
+            delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch,
+            kept(i, len(finetuned)), out,
         ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
