@@ -170,3 +170,20 @@ def test_chat_template_auto_and_literal_as_mergekit(world, tmp_path: Path) -> No
     for bad, message in (("chatml", "mergekit's bundled templates"), ("hello", "neither 'auto' nor a Jinja")):
         with pytest.raises(RecipeError, match=message):
             plan_merge({**recipe, "chat_template": bad})
+
+
+def test_a_live_merge_refuses_what_it_cannot_hold(world) -> None:
+    """A live merge keeps the host's rows and layers: a re-indexing tokenizer or a `slices:` stack is
+    refused by name, not merged into wrong rows."""
+    from vlmmerge.errors import VlmMergeError
+    from vlmmerge.live import LiveMerge
+    from vlmmerge.recipe import load_recipe
+
+    recipe = load_recipe(_cases(world)["union_task_arithmetic"])
+    live = LiveMerge(recipe.model_refs, str(world["a"]), load_processor=False)
+    with pytest.raises(VlmMergeError, match="re-indexes the vocabulary"):
+        live.apply(recipe)
+    stack = load_recipe({"slices": [{"sources": [{"model": str(world["a"]), "layer_range": [0, 1]}]}],
+                         "merge_method": "passthrough"})
+    with pytest.raises(VlmMergeError, match="slices"):
+        live.apply(stack)

@@ -107,8 +107,15 @@ class LiveMerge:
         if recipe.host not in (None, self.host_ref):
             raise VlmMergeError(f"recipe host {recipe.host!r} differs from the live model's host {self.host_ref!r}")
         recipe = recipe.model_copy(update={"host": self.host_ref})
+        if recipe.slices:
+            raise VlmMergeError("a `slices:` recipe changes the layer stack; a live merge keeps the host's layers "
+                                "(data-flow candidates run on `vlmmerge.dataflow`'s layer-path runtime)")
         plan = plan_merge(recipe, open_source=self._open, check_compatibility=not self._checked)
         self._checked = True
+        if plan.vocabulary is not None:
+            raise VlmMergeError("tokenizer_source / tokenizer: this recipe re-indexes the vocabulary; a live merge "
+                                "keeps the host's embedding rows: use a tokenizer source whose vocabulary is the "
+                                "host's, or `vlmmerge merge`")
         if plan.output_dtype != self.dtype:
             raise VlmMergeError(
                 f"recipe writes {_name(plan.output_dtype)} tensors but the live model holds {_name(self.dtype)}; "

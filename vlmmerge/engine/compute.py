@@ -14,6 +14,7 @@ import torch
 
 from vlmmerge.engine.plan import MergePlan, Source, TensorPlan
 from vlmmerge.methods import mask_generators
+from vlmmerge.methods.passthrough import passthrough
 
 # Methods whose kernels compute in float32 from half-precision inputs themselves (each input is
 # promoted element by element inside the first operation that reads it, bit for bit what an
@@ -66,7 +67,8 @@ def read_copy(plan: MergePlan, tensor: TensorPlan) -> torch.Tensor:
     value = plan.sources[read.source].tensor(read.name)
     if read.scale is None:
         return value
-    return value.to(plan.compute_dtype) * read.scale
+    # a scaled copy (a `slices:` layer, a folded data-flow hop) is passthrough's kernel: one implementation
+    return passthrough([value.to(plan.compute_dtype)], [read.scale])
 
 
 def read_tensor_inputs(plan: MergePlan, tensor: TensorPlan, device: str = "cpu") -> TensorInputs:
