@@ -155,7 +155,10 @@ def execute_plan(
     in_flight: dict[Future, int] = {}
     used = 0
     bar = tqdm(total=len(layout), desc="merging", unit="tensor", disable=not progress)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vlmmerge-merge")
+    # OpenMP keeps the intra-op thread count per thread: each worker sets its own to 1, or a reduction
+    # (SLERP's angle, a norm) splits differently under load and the output changes in the last bit
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vlmmerge-merge",
+                              initializer=torch.set_num_threads, initargs=(1,))
 
     def collect(block_until: Callable[[], bool]) -> None:
         nonlocal used
