@@ -82,25 +82,16 @@ def source_models(template: Recipe, host_vlm: str | None, dtype, device: str):
             yield f"source: {Path(ref).name}", load_model(ref, dtype, device)
 
 
-def _offline_layers(ref: str) -> int:
-    from transformers import AutoConfig
-
-    from vlmmerge.zoo.refs import is_zoo_ref, zoo_ref_num_layers
-
-    if is_zoo_ref(ref):
-        return zoo_ref_num_layers(ref)
-    config = AutoConfig.from_pretrained(ref)
-    return int((getattr(config, "text_config", None) or config).num_hidden_layers)
-
-
 def dry_run_dataflow(recipe_path, template: Recipe, config) -> dict[str, Any]:
     """A DFS recipe validated and its space sized from configs alone (PS+DFS: A has the layers of its host)."""
+    from vlmmerge.search.evolve import offline_num_layers
+
     flow = config.dataflow
     sources = [e.model for e in template.models if e.model != template.base_model]
     if flow.model_a:
         a = ps_recipe(flow.model_a, Path(recipe_path).resolve().parent)
         sources = [a.host or a.model_refs[0], *sources]
-    space = DataflowSpace(sources, [_offline_layers(r) for r in sources], config)
+    space = DataflowSpace(sources, [offline_num_layers(r) for r in sources], config)
     return {"recipe": str(recipe_path), "kind": "dataflow", **space.describe()}
 
 

@@ -82,22 +82,26 @@ def count_layers_offline(recipe: Recipe, config: EvolveConfig) -> int | None:
         return config.space.num_layers
     if config.space.granularity == "model":
         return 1
+    for ref in dict.fromkeys([recipe.host or "", *recipe.model_refs]):
+        if not ref:
+            continue
+        try:
+            return offline_num_layers(ref)
+        except Exception:
+            continue
+    return None
+
+
+def offline_num_layers(ref: str) -> int:
+    """A model's decoder layers from its config alone (a `zoo:` reference: without building the world)."""
     from transformers import AutoConfig
 
     from vlmmerge.zoo.refs import is_zoo_ref, zoo_ref_num_layers
 
-    for ref in dict.fromkeys([recipe.host or "", *recipe.model_refs]):
-        if not ref:
-            continue
-        if is_zoo_ref(ref):
-            return zoo_ref_num_layers(ref)
-        try:
-            cfg = AutoConfig.from_pretrained(ref)
-        except Exception:
-            continue
-        text = getattr(cfg, "text_config", None) or cfg
-        return int(text.num_hidden_layers)
-    return None
+    if is_zoo_ref(ref):
+        return zoo_ref_num_layers(ref)
+    config = AutoConfig.from_pretrained(ref)
+    return int((getattr(config, "text_config", None) or config).num_hidden_layers)
 
 
 def dry_run(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -193,21 +197,7 @@ class EvolveRun:
 
     def comparison_recipes(self, best: Recipe) -> dict[str, Recipe]:
         """Every source alone, the untuned baselines, and the evolved merge, for the test split."""
-        template = self.template
-        recipes: dict[str, Recipe] = {}
-        for ref in dict.fromkeys(e.model for e in template.models):
-            recipes[f"source: {Path(ref).name}"] = Recipe(
-                merge_method="linear", models=[ModelEntry(model=ref, parameters={"weight": 1.0})], host=self.host_ref,
-                dtype=template.output_dtype, seed=template.seed, options=template.options,
-            )
-        searched = self.space.models
-        for baseline in self.config.baselines:
-            entries = [
-                ModelEntry(model=e.model, parameters={"weight": baseline.weight, "density": baseline.density})
-                if e.model in searched else e
-                for e in template.models
-            ]
-            recipes[baseline.name] = template.model_copy(update={"merge_method": baseline.merge_method, "models": entries})
+        recipes = reference_recipes(self.template, self.host_ref, self.config.baselines, self.space.models)
         recipes["evolved"] = best
         return recipes
 
@@ -223,6 +213,25 @@ class EvolveRun:
         return results, chosen_metrics(self.config.test.tasks, evaluator.tasks)
 
 
+def reference_recipes(template: Recipe, host_ref: str, baselines: list[Any], searched: list[str]) -> dict[str, Recipe]:
+    """What a searched or learned merge is compared with: every source alone, and each untuned baseline
+    (the template's method replaced, `searched` models at the baseline's weight and density)."""
+    recipes: dict[str, Recipe] = {}
+    for ref in dict.fromkeys(e.model for e in template.models):
+        recipes[f"source: {Path(ref).name}"] = Recipe(
+            merge_method="linear", models=[ModelEntry(model=ref, parameters={"weight": 1.0})], host=host_ref,
+            dtype=template.output_dtype, seed=template.seed, options=template.options,
+        )
+    for baseline in baselines:
+        entries = [
+            ModelEntry(model=e.model, parameters={"weight": baseline.weight, "density": baseline.density})
+            if e.model in searched else e
+            for e in template.models
+        ]
+        recipes[baseline.name] = template.model_copy(update={"merge_method": baseline.merge_method, "models": entries})
+    return recipes
+
+
 def check_device(device: str) -> None:
     import torch
 
@@ -230,15 +239,15 @@ def check_device(device: str) -> None:
         raise VlmMergeError(f"options.device / --device: {device!r} requested but CUDA is not available")
 
 
-def claim_run_folder(out_dir: Path, raw: Recipe) -> None:
-    """Record the run's recipe (overrides included); refuse a folder that holds another run."""
+def claim_run_folder(out_dir: Path, raw: Recipe, copy_name: str = "evolve-recipe.yaml") -> None:
+    """Record the run's recipe (overrides included) as `copy_name`; refuse a folder that holds another run."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe_copy = out_dir / "evolve-recipe.yaml"
+    recipe_copy = out_dir / copy_name
     recipe_text = yaml.safe_dump(raw.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
     if recipe_copy.exists() and _but_backend(yaml.safe_load(recipe_copy.read_text(encoding="utf-8"))) != \
             _but_backend(yaml.safe_load(recipe_text)):  # a resumed run may use another pool (same journal)
         raise VlmMergeError(
-            f"{out_dir} holds a run of a different recipe (or other --budget/--seed/--device/--dtype); "
+            f"{out_dir} holds a run of a different recipe (or other --budget/--seed/--steps/--device/--dtype); "
             "choose another --out"
         )
     remove_stale_temporaries(out_dir)

@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vlmmerge.errors import VlmMergeError
-from vlmmerge.recipe import ModelEntry, Recipe, load_recipe
-from vlmmerge.search.files import atomic_write_text, remove_stale_temporaries
+from vlmmerge.recipe import Recipe, load_recipe
+from vlmmerge.search.files import atomic_write_text
 from vlmmerge.search.fitness import chosen_metrics, load_ref, make_evaluator
 from vlmmerge.search.optimize import nonnegative_seed
 from vlmmerge.tune.config import TuneConfig, parse_tune
@@ -58,32 +56,13 @@ def build_data(merge, config: TuneConfig) -> list[TaskData]:
     return data
 
 
-def claim_run_folder(out_dir: Path, raw: Recipe) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    copy = out_dir / "tune-recipe.yaml"
-    text = yaml.safe_dump(raw.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
-    if copy.exists() and copy.read_text(encoding="utf-8") != text:
-        raise VlmMergeError(f"{out_dir} holds a run of a different recipe (or other overrides); choose another --out")
-    remove_stale_temporaries(out_dir)
-    atomic_write_text(copy, text)
-
-
 def comparison_recipes(template: Recipe, merge, config: TuneConfig, best: Recipe) -> dict[str, Recipe]:
     """Every source alone, the untuned baselines, the `compare:` recipes and the tuned merge."""
-    from vlmmerge.search.evolve import resolve_refs
+    from vlmmerge.search.evolve import reference_recipes, resolve_refs
 
     host = merge.live.host_ref
-    recipes: dict[str, Recipe] = {}
-    for ref in dict.fromkeys(e.model for e in template.models):
-        recipes[f"source: {Path(ref).name}"] = Recipe(
-            merge_method="linear", models=[ModelEntry(model=ref, parameters={"weight": 1.0})], host=host,
-            dtype=template.output_dtype, seed=template.seed, options=template.options,
-        )
-    for baseline in config.baselines:
-        entries = [e if e.model == template.base_model else
-                   ModelEntry(model=e.model, parameters={"weight": baseline.weight, "density": baseline.density})
-                   for e in template.models]
-        recipes[baseline.name] = template.model_copy(update={"merge_method": baseline.merge_method, "models": entries})
+    learned = [e.model for e in template.models if e.model != template.base_model]
+    recipes = reference_recipes(template, host, config.baselines, learned)
     for name, path in config.compare.items():
         other = resolve_refs(load_recipe(path)).model_copy(update={"evolve": None, "tune": None})
         recipes[name] = other.model_copy(update={"host": other.host or host})
@@ -118,6 +97,7 @@ def run_tune(recipe_path: str | Path, out_dir: str | Path, progress: bool = True
     import torch
 
     from vlmmerge.engine import run_merge
+    from vlmmerge.search.evolve import claim_run_folder
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -125,10 +105,10 @@ def run_tune(recipe_path: str | Path, out_dir: str | Path, progress: bool = True
     if config.group_size is not None:
         from vlmmerge.tune.hierarchical import train_hierarchical
 
-        claim_run_folder(out_dir, raw)
+        claim_run_folder(out_dir, raw, "tune-recipe.yaml")
         merge, w, entries, train_seconds, stages = train_hierarchical(template, config, out_dir, progress)
     else:
-        claim_run_folder(out_dir, raw)
+        claim_run_folder(out_dir, raw, "tune-recipe.yaml")
         merge, w, entries, train_seconds = train(template, config, out_dir, progress, stop_after)
         stages = None
     best = merge.static_recipe(w)
