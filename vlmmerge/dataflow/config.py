@@ -13,7 +13,10 @@ class DataflowConfig(BaseModel):
     variant: `paper` (indicator per slot of the layers of all sources in order, repeated `repeats`
     times, plus an M x M scale matrix W), `hop_scales` (indicator + one scale per slot),
     `interleaved` (as hop_scales with the slots ordered layer 1 of every model, layer 2, ...),
-    `same_size` (per layer position of A: which source's layer, and a scale).
+    `same_size` (per layer position of the host: which source's layer, and a scale; with
+    `same_size_mix: weighted` the gene may fall between two sources: a per-layer linear merge of them).
+    host: which of `models:` (as written there) supplies embeddings, final norm, head and, for a VLM,
+    the vision tower and projector; default the first model (model A).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -21,6 +24,8 @@ class DataflowConfig(BaseModel):
     repeats: int = Field(default=2, ge=1)
     max_path_length: int | None = Field(default=None, ge=1)  # None: every slot may be on
     scale_bounds: tuple[float, float] = (0.5, 1.5)
+    same_size_mix: Literal["choice", "weighted"] = "choice"  # same_size: one source per position, or a mix of two
+    host: str | None = None  # a model of `models:`; None: model A (the first)
     # PS+DFS: model A is a parameter-space result, a static recipe file or an evolve run folder
     # (its best-recipe.yaml); it is merged once and replaces the first of `models:` as host and model A
     model_a: str | None = None

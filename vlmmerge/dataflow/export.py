@@ -7,7 +7,13 @@ P_t g_t, where g_t is an ordinary layer stack whose layer t has its residual wri
 the final norm removes P_T. So a path exports as a passthrough stack of one-layer slices whose
 `scale` entries divide o_proj and down_proj by P_t: a `slices:` recipe that `vlmmerge merge`
 (and, for an LLM, mergekit) runs, writing a checkpoint of the host's architecture with one layer per
-hop. Embeddings, final norm and head are model A's (`non_layer_from`).
+hop. Embeddings, final norm and head are the host's (`non_layer_from`; model A unless configured).
+
+A same-size path with mixed hops (`same_size_mix: weighted`: layer p = (1 - alpha) W_k + alpha W_{k+1})
+exports instead as an ordinary `linear` recipe with `normalize: false` on the host's architecture
+(`mixed_recipe`): per model, `weight` filter entries by layer (`layers.p.`) carry its share of layer
+p, entries naming layer p's o_proj / down_proj tensors carry that share divided by P_p (the same fold),
+and every other tensor takes weight 1 from the host, 0 from the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ class PathHop:
     model: str
     layer: int
     scale: float = 1.0
+    mix_model: str | None = None  # a mixed hop: (1 - mix) x layer `layer` of `model` + mix x that of `mix_model`
+    mix: float = 0.0
+
+    @property
+    def mixed(self) -> bool:
+        return self.mix_model is not None and self.mix != 0.0
+
+    def shares(self) -> dict[str, float]:
+        """Each model's weight in this hop's layer."""
+        return {self.model: 1.0 - self.mix, self.mix_model: self.mix} if self.mixed else {self.model: 1.0}
 
 
 def check_foldable(hops: Sequence[PathHop], model_types: dict[str, str]) -> None:
@@ -96,6 +112,54 @@ def path_recipe(hops: Sequence[PathHop], host: str, dtype: str | None = None, to
     return recipe
 
 
+def writer_names(host: str) -> dict[int, list[str]]:
+    """The host's residual-writing tensors per layer, by standalone-LM name (what parameter filters match)."""
+    from vlmmerge.anatomy import Anatomy
+    from vlmmerge.checkpoint import Checkpoint
+
+    anatomy = Anatomy(Checkpoint(host))
+    out: dict[int, list[str]] = {}
+    for name in anatomy.lm_view:
+        layer = anatomy.layer_index(name)
+        if layer is not None and any(part in RESIDUAL_WRITERS for part in name.split(".")):
+            out.setdefault(layer, []).append(name)
+    return out
+
+
+def mixed_recipe(hops: Sequence[PathHop], host: str, writers: dict[int, list[str]], sources: Sequence[str] = (),
+                 dtype: str | None = None, tokenizer_source: str | None = None,
+                 name: str | None = None) -> dict[str, Any]:
+    """The `linear` recipe (normalize: false) of a same-size path with mixed hops, scales folded."""
+    if [h.layer for h in hops] != list(range(len(writers))):
+        raise RecipeError(f"data-flow export: a path with mixed layers must be same-size (hop p = layer p for "
+                          f"the host's {len(writers)} layers); got layers {[h.layer for h in hops]}")
+    used = {ref for hop in hops for ref in hop.shares()}
+    models = [ref for ref in dict.fromkeys([*sources, *(r for h in hops for r in h.shares()), host])
+              if ref in used or ref == host]
+    entries = []
+    for ref in models:
+        default = 1.0 if ref == host else 0.0
+        weight: list[dict[str, Any]] = []
+        for p, (hop, product) in enumerate(zip(hops, cumulative_scales(hops))):
+            share = hop.shares().get(ref, 0.0)
+            folded = share if product == 1.0 else share * (1.0 / product)
+            if folded != share:
+                weight.extend({"filter": w, "value": folded} for w in writers[p])
+            if share != default:
+                weight.append({"filter": f"layers.{p}.", "value": share})
+        weight.append({"value": default})
+        entries.append({"model": ref, "parameters": {"weight": weight}})
+    recipe: dict[str, Any] = {"models": entries, "merge_method": "linear", "parameters": {"normalize": False},
+                              "host": host, "components": ["language"]}
+    if dtype:
+        recipe["dtype"] = dtype
+    if tokenizer_source:
+        recipe["tokenizer_source"] = tokenizer_source
+    if name:
+        recipe["name"] = name
+    return recipe
+
+
 def model_types(refs: Sequence[str]) -> dict[str, str]:
     from vlmmerge.checkpoint import Checkpoint
     from vlmmerge.dataflow.runtime import text_model_type
@@ -105,12 +169,16 @@ def model_types(refs: Sequence[str]) -> dict[str, str]:
 
 def export_path(hops: Sequence[PathHop], out_dir: str | Path, host: str, dtype: str | None = None,
                 tokenizer_source: str | None = None, progress: bool = False, overwrite: bool = True,
-                name: str | None = None) -> dict[str, Any]:
-    """Write the path as a plain checkpoint of the host's architecture; returns its `slices:` recipe."""
+                name: str | None = None, sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the path as a plain checkpoint of the host's architecture; returns its recipe (`slices:`, or
+    for a same-size path with mixed hops `linear`; `sources`: the models' order, as the runtime sums them)."""
     from vlmmerge.engine import MergeJob, write_merge
 
-    check_foldable(hops, model_types([host, *(h.model for h in hops)]))
-    recipe = path_recipe(hops, host, dtype, tokenizer_source, name)
+    check_foldable(hops, model_types([host, *(r for h in hops for r in h.shares())]))
+    if any(hop.mixed for hop in hops):
+        recipe = mixed_recipe(hops, host, writer_names(host), sources, dtype, tokenizer_source, name)
+    else:
+        recipe = path_recipe(hops, host, dtype, tokenizer_source, name)
     job = MergeJob.build(recipe, progress=progress)
     write_merge(job, out_dir, overwrite=overwrite)  # a slices recipe: planned as a layer stack
     return recipe

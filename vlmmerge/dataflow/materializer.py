@@ -19,7 +19,7 @@ class DataflowMaterializer:
     space: DataflowSpace
 
     def materialize(self, genome: np.ndarray) -> tuple[Any, Any]:
-        hops = [HopSpec(s, l, c) for s, l, c in self.space.path(genome)]  # InvalidPath: a failed candidate
+        hops = [HopSpec(*hop) for hop in self.space.path(genome)]  # InvalidPath: a failed candidate
         return self.runtime.materialize(hops)
 
 
@@ -33,13 +33,14 @@ class DataflowFitness:
     config: Any  # vlmmerge.search.space.EvolveConfig
     dtype: Any  # torch.dtype
     device: str
+    host: int = 0  # index into refs of the model that supplies embeddings, final norm, head (and vision side)
 
     def __call__(self):
         from vlmmerge.dataflow.runtime import load_layer_path
         from vlmmerge.search.fitness import ModelFitness, make_evaluator
         from vlmmerge.search.optimize import nonnegative_seed
 
-        runtime = load_layer_path(self.refs, self.names, device=self.device, dtype=self.dtype)
-        space = DataflowSpace(self.refs, runtime.layer_counts, self.config, self.names)
+        runtime = load_layer_path(self.refs, self.names, device=self.device, dtype=self.dtype, host=self.host)
+        space = DataflowSpace(self.refs, runtime.layer_counts, self.config, self.names, host=self.host)
         evaluator = make_evaluator(self.config.fitness, nonnegative_seed(self.config.seed))
         return ModelFitness(DataflowMaterializer(runtime, space), evaluator, self.config.fitness)

@@ -3,7 +3,8 @@ resume, random baseline, fitness plot and test report as parameter-space search.
 
 Run folder, besides the PS layout (journal.jsonl, fitness.png, test/, summary.json):
     model-a/          PS+DFS: model A, the parameter-space recipe merged once (a plain checkpoint)
-    best-recipe.yaml  the best path as a `slices:` recipe with folded scales (`vlmmerge merge` reproduces it)
+    best-recipe.yaml  the best path as a `slices:` recipe with folded scales (`vlmmerge merge` reproduces it);
+                      a same-size path with mixed layers: a per-layer `linear` recipe (normalize: false)
     best-model/       that recipe merged: one layer per hop, loadable by the Auto classes
     path.png          the evolved path (which layer of which model where, with the scales)
 The test report's "evolved" row is the exported best-model loaded from disk, and the summary records
@@ -24,7 +25,7 @@ from vlmmerge.dataflow.export import export_path
 from vlmmerge.dataflow.materializer import DataflowFitness, DataflowMaterializer
 from vlmmerge.dataflow.picture import draw_path, path_text
 from vlmmerge.dataflow.runtime import load_layer_path
-from vlmmerge.dataflow.spaces import DataflowSpace
+from vlmmerge.dataflow.spaces import DataflowSpace, named_path
 from vlmmerge.engine import parse_dtype, run_merge
 from vlmmerge.errors import RecipeError
 from vlmmerge.recipe import ModelEntry, Recipe, load_recipe
@@ -82,16 +83,41 @@ def source_models(template: Recipe, host_vlm: str | None, dtype, device: str):
             yield f"source: {Path(ref).name}", load_model(ref, dtype, device)
 
 
+def host_index(wanted: str | None, aliases: list[list[str]]) -> int:
+    """`evolve.dataflow.host` as an index into the sources (each known by its aliases); None: model A."""
+    if wanted is None:
+        return 0
+    for i, names in enumerate(aliases):
+        if wanted in names:
+            return i
+    known = ", ".join(repr(names[0]) for names in aliases)
+    raise RecipeError(f"evolve.dataflow.host: {wanted!r} is not one of the recipe's models ({known})")
+
+
+def check_vlm_host(refs: list[str], host: int, wanted: str | None) -> None:
+    """A VLM among the sources needs a VLM host: it supplies the vision tower and projector."""
+    from vlmmerge.checkpoint import Checkpoint
+    from vlmmerge.evaluation.loading import is_vision_language_config
+
+    vlms = [r for r in refs if is_vision_language_config(Checkpoint(r).config)]
+    if vlms and refs[host] not in vlms:
+        raise RecipeError(f"evolve.dataflow.host: {wanted!r} is a text-only model, but {Path(vlms[0]).name} is a VLM: "
+                          "the host supplies the vision tower and projector, so it must be a VLM")
+
+
 def dry_run_dataflow(recipe_path, template: Recipe, config) -> dict[str, Any]:
     """A DFS recipe validated and its space sized from configs alone (PS+DFS: A has the layers of its host)."""
     from vlmmerge.search.evolve import offline_num_layers
 
     flow = config.dataflow
     sources = [e.model for e in template.models if e.model != template.base_model]
+    aliases = [[s, Path(s).name] for s in sources]
     if flow.model_a:
         a = ps_recipe(flow.model_a, Path(recipe_path).resolve().parent)
         sources = [a.host or a.model_refs[0], *sources]
-    space = DataflowSpace(sources, [offline_num_layers(r) for r in sources], config)
+        aliases = [["A (PS)", flow.model_a], *aliases]
+    host = host_index(flow.host, aliases)
+    space = DataflowSpace(sources, [offline_num_layers(r) for r in sources], config, host=host)
     return {"recipe": str(recipe_path), "kind": "dataflow", **space.describe()}
 
 
@@ -109,22 +135,26 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
     raw_names = {e.model: r.model for e, r in zip(template.models, raw.models)}
     claim_run_folder(out_dir, raw)
     refs, names = list(sources), [Path(raw_names.get(s, s)).name for s in sources]
+    aliases = [[raw_names.get(s, s), s, n] for s, n in zip(sources, names)]
     ps_row: Path | None = None
     if flow.model_a:
         ps_row = merged_once(ps_recipe(flow.model_a, base_dir), out_dir / "model-a", progress)
         refs, names = [str(ps_row), *refs], ["A (PS)", *names]
+        aliases = [["A (PS)", flow.model_a], *aliases]
     elif flow.compare_ps:
         ps_row = merged_once(ps_recipe(flow.compare_ps, base_dir), out_dir / "ps-model", progress)
-    host = refs[0]
+    host_at = host_index(flow.host, aliases)
+    check_vlm_host(refs, host_at, flow.host)
+    host = refs[host_at]
     vlms = [r for r in [template.host, *sources] if r and is_vision_language_config(Checkpoint(r).config)]
-    runtime = load_layer_path(refs, names, device=device, dtype=dtype)
-    space = DataflowSpace(refs, runtime.layer_counts, config, names)
+    runtime = load_layer_path(refs, names, device=device, dtype=dtype, host=host_at)
+    space = DataflowSpace(refs, runtime.layer_counts, config, names, host=host_at)
     seed = nonnegative_seed(config.seed)
     evaluator = make_evaluator(config.fitness, seed)
     if config.backend.kind == "ray":  # the same path models, one per actor
         from vlmmerge.search.ray_backend import RayBackend
 
-        backend = RayBackend(DataflowFitness(refs, names, config, dtype, device), space, config.backend)
+        backend = RayBackend(DataflowFitness(refs, names, config, dtype, device, host_at), space, config.backend)
     else:
         backend = LocalBackend(ModelFitness(DataflowMaterializer(runtime, space), evaluator, config.fitness), space)
     journal = Journal(out_dir / "journal.jsonl")
@@ -139,9 +169,9 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
     hops = space.hops(np.asarray(best.genome))
     tokenizer = template.tokenizer_ref if template.tokenizer_ref in refs else None
     recipe = export_path(hops, out_dir / "best-model", host=host, dtype=template.output_dtype,
-                         tokenizer_source=tokenizer, name=f"{template.name or 'dfs'} (best path)")
+                         tokenizer_source=tokenizer, name=f"{template.name or 'dfs'} (best path)", sources=refs)
     atomic_write_text(out_dir / "best-recipe.yaml", yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
-    named = [[names[s], l, c] for s, l, c in path]
+    named = named_path(path, names)
     draw_path(named, out_dir / "path.png", title=f"{template.name or 'DFS'}: best path (fitness {best.fitness:.4g})")
     plot_fitness(runs, config.population_size(space.dimension), out_dir / "fitness.png")
 

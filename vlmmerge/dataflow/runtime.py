@@ -7,11 +7,15 @@ itself (shared, never copied), run on `scale * hidden_states` (for scale-invaria
 families in the equivalent folded form the exported checkpoint computes, see `Hop`). A layer used several times on a path
 runs with the hop's own index, so each hop has its own KV-cache slot; the host's text config gets
 the path's layer count and per-layer fields, so caches and masks are built for the path. Changing the
-path changes no weight: materialising a candidate costs microseconds.
+path changes no weight: materialising a candidate costs microseconds. A mixed hop (same-size
+`weighted`: (1 - alpha) W_k + alpha W_{k+1} at position p) runs a private copy of the layer, made once
+per position, whose parameters are overwritten per candidate by the merge engine's `linear` kernel;
+the sources' own layers are never touched.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +42,12 @@ class HopSpec:
     source: int
     layer: int
     scale: float = 1.0
+    mix_source: int | None = None  # a mixed hop: (1 - mix) x this layer of `source` + mix x that of `mix_source`
+    mix: float = 0.0
+
+    @property
+    def mixed(self) -> bool:
+        return self.mix_source is not None and self.mix != 0.0
 
 
 def _fold_hook(module: nn.Module, args, output):
@@ -121,9 +131,13 @@ def language_model(model: nn.Module) -> nn.Module:
 class LayerPath:
     """Host model + every source's decoder layers; `set_path` makes the host run a path of hops."""
 
-    def __init__(self, host_model: nn.Module, processor, source_models: Sequence[nn.Module], names: Sequence[str]):
-        """`source_models[0]` is the host itself (model A); the others lend their decoder layers."""
-        check_reorderable(host_model.config, names[0])
+    def __init__(self, host_model: nn.Module, processor, source_models: Sequence[nn.Module], names: Sequence[str],
+                 host: int = 0):
+        """`source_models[host]` is the host itself (model A by default); the others lend their decoder layers."""
+        check_reorderable(host_model.config, names[host])
+        if source_models[host] is not host_model:
+            raise VlmMergeError(f"layer path: source {host} ({names[host]}) must be the host model itself")
+        self.host = host
         self.model = host_model
         self.processor = processor
         self.names = list(names)
@@ -133,7 +147,8 @@ class LayerPath:
                          **{k: getattr(self.text_config, k, None) for k in PER_LAYER_FIELDS}}
         self.layers: list[list[nn.Module]] = []
         self.layer_values: list[dict[str, list]] = []
-        self._keep = list(source_models[1:])  # the other models stay alive: their layers are used
+        self._keep = [m for m in source_models if m is not host_model]  # alive: their layers are used
+        self._mixed: dict[int, nn.Module] = {}  # path position -> private layer of mixed hops
         for model, name in zip(source_models, names):
             check_reorderable(model.config, name)
             lm = self.lm if model is host_model else language_model(model)
@@ -164,7 +179,8 @@ class LayerPath:
                                   f"which does not exist (layers per source: {self.layer_counts})")
             product *= hop.scale
             inverse = (None if product == 1.0 else 1.0 / product) if fold else None
-            modules.append(Hop(self.layers[hop.source][hop.layer], hop.scale, index, inverse))
+            layer = self._mixed_layer(index, hop) if hop.mixed else self.layers[hop.source][hop.layer]
+            modules.append(Hop(layer, hop.scale, index, inverse))
         self.lm.layers = nn.ModuleList(modules)
         self.text_config.num_hidden_layers = len(hops)
         for key in PER_LAYER_FIELDS:
@@ -172,6 +188,27 @@ class LayerPath:
                 setattr(self.text_config, key, [self._value(h, key) for h in hops])
         self.path = tuple(hops)
         return self.model
+
+    def _mixed_layer(self, index: int, hop: HopSpec) -> nn.Module:
+        """The private layer of position `index`, set to (1 - mix) W_source + mix W_mix_source by `linear`."""
+        from vlmmerge.methods.interpolation import linear
+
+        if not (0 <= hop.mix_source < len(self.layers)) or hop.layer >= len(self.layers[hop.mix_source]):
+            raise RecipeError(f"data-flow path: hop {index} mixes in layer {hop.layer} of source {hop.mix_source}, "
+                              f"which does not exist (layers per source: {self.layer_counts})")
+        first, second = self.layers[hop.source][hop.layer], self.layers[hop.mix_source][hop.layer]
+        private = self._mixed.get(index)
+        if private is None or [p.shape for p in private.parameters()] != [p.shape for p in first.parameters()]:
+            with torch.no_grad():  # made once per position (again only if a differently shaped layer lands there)
+                private = self._mixed[index] = copy.deepcopy(first)
+        other = dict(second.named_parameters())
+        with torch.no_grad():
+            for (name, target), own in zip(private.named_parameters(), first.parameters()):
+                if name not in other or other[name].shape != own.shape:
+                    raise RecipeError(f"data-flow path: hop {index}: {self.names[hop.mix_source]} layer {hop.layer} "
+                                      f"has no tensor {name} of shape {tuple(own.shape)} to mix")
+                target.copy_(linear([own, other[name]], [1.0 - hop.mix, hop.mix], normalize=False))
+        return private
 
     def _value(self, hop: HopSpec, key: str):
         values = self.layer_values[hop.source].get(key)
@@ -182,16 +219,19 @@ class LayerPath:
 
 
 def load_layer_path(refs: Sequence[str], names: Sequence[str] | None = None, device: str = "cpu",
-                    dtype: torch.dtype | None = None) -> LayerPath:
-    """Load the host (`refs[0]`, with its processor) and the other sources, in `dtype` on `device`."""
+                    dtype: torch.dtype | None = None, host: int = 0) -> LayerPath:
+    """Load the host (`refs[host]`, with its processor) and the other sources, in `dtype` on `device`."""
     from vlmmerge.checkpoint import Checkpoint, model_class_for
     from vlmmerge.evaluation import load_model_for_eval
 
-    host, processor = load_model_for_eval(str(refs[0]), device=device, dtype=dtype)
-    dtype = dtype or next(host.parameters()).dtype
-    models = [host]
-    for ref in refs[1:]:
+    model, processor = load_model_for_eval(str(refs[host]), device=device, dtype=dtype)
+    dtype = dtype or next(model.parameters()).dtype
+    models = []
+    for i, ref in enumerate(refs):
+        if i == host:
+            models.append(model)
+            continue
         config = Checkpoint(ref).config
         check_reorderable(config, ref)
         models.append(model_class_for(config).from_pretrained(ref, dtype=dtype).to(device).eval())
-    return LayerPath(host, processor, models, list(names or refs))
+    return LayerPath(model, processor, models, list(names or refs), host)
