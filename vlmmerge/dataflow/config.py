@@ -17,6 +17,8 @@ class DataflowConfig(BaseModel):
     `same_size_mix: weighted` the gene may fall between two sources: a per-layer linear merge of them).
     host: which of `models:` (as written there) supplies embeddings, final norm, head and, for a VLM,
     the vision tower and projector; default the first model (model A).
+    head_from: which of `models:` supplies token embeddings, final norm and lm_head instead (the vision
+    tower and projector stay the host's); default the host.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +28,7 @@ class DataflowConfig(BaseModel):
     scale_bounds: tuple[float, float] = (0.5, 1.5)
     same_size_mix: Literal["choice", "weighted"] = "choice"  # same_size: one source per position, or a mix of two
     host: str | None = None  # a model of `models:`; None: model A (the first)
+    head_from: str | None = None  # a model of `models:`: embeddings, final norm, head; None: the host
     # PS+DFS: model A is a parameter-space result, a static recipe file or an evolve run folder
     # (its best-recipe.yaml); it is merged once and replaces the first of `models:` as host and model A
     model_a: str | None = None

@@ -7,13 +7,14 @@ P_t g_t, where g_t is an ordinary layer stack whose layer t has its residual wri
 the final norm removes P_T. So a path exports as a passthrough stack of one-layer slices whose
 `scale` entries divide o_proj and down_proj by P_t: a `slices:` recipe that `vlmmerge merge`
 (and, for an LLM, mergekit) runs, writing a checkpoint of the host's architecture with one layer per
-hop. Embeddings, final norm and head are the host's (`non_layer_from`; model A unless configured).
+hop. Embeddings, final norm and head are the host's, or those of `head_from` (`non_layer_from`); the
+vision side of a VLM host stays the host's.
 
 A same-size path with mixed hops (`same_size_mix: weighted`: layer p = (1 - alpha) W_k + alpha W_{k+1})
 exports instead as an ordinary `linear` recipe with `normalize: false` on the host's architecture
 (`mixed_recipe`): per model, `weight` filter entries by layer (`layers.p.`) carry its share of layer
 p, entries naming layer p's o_proj / down_proj tensors carry that share divided by P_p (the same fold),
-and every other tensor takes weight 1 from the host, 0 from the rest.
+and every other tensor takes weight 1 from `head_from` (default: the host), 0 from the rest.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def cumulative_scales(hops: Sequence[PathHop]) -> list[float]:
 
 
 def path_recipe(hops: Sequence[PathHop], host: str, dtype: str | None = None, tokenizer_source: str | None = None,
-                name: str | None = None) -> dict[str, Any]:
+                name: str | None = None, head_from: str | None = None) -> dict[str, Any]:
     """The `slices:` recipe of a path (scales folded): consecutive layers of one model with one
     cumulative scale share a slice."""
     if not hops:
@@ -102,7 +103,8 @@ def path_recipe(hops: Sequence[PathHop], host: str, dtype: str | None = None, to
                                                   {"value": 1.0}]}
             slices.append({"sources": [source]})
         previous = (hop.model, product, hop.layer + 1)
-    recipe: dict[str, Any] = {"slices": slices, "merge_method": "passthrough", "non_layer_from": host, "host": host}
+    recipe: dict[str, Any] = {"slices": slices, "merge_method": "passthrough", "non_layer_from": head_from or host,
+                              "host": host}
     if dtype:
         recipe["dtype"] = dtype
     if tokenizer_source:
@@ -128,17 +130,18 @@ def writer_names(host: str) -> dict[int, list[str]]:
 
 def mixed_recipe(hops: Sequence[PathHop], host: str, writers: dict[int, list[str]], sources: Sequence[str] = (),
                  dtype: str | None = None, tokenizer_source: str | None = None,
-                 name: str | None = None) -> dict[str, Any]:
+                 name: str | None = None, head_from: str | None = None) -> dict[str, Any]:
     """The `linear` recipe (normalize: false) of a same-size path with mixed hops, scales folded."""
+    head = head_from or host
     if [h.layer for h in hops] != list(range(len(writers))):
         raise RecipeError(f"data-flow export: a path with mixed layers must be same-size (hop p = layer p for "
                           f"the host's {len(writers)} layers); got layers {[h.layer for h in hops]}")
     used = {ref for hop in hops for ref in hop.shares()}
-    models = [ref for ref in dict.fromkeys([*sources, *(r for h in hops for r in h.shares()), host])
-              if ref in used or ref == host]
+    models = [ref for ref in dict.fromkeys([*sources, *(r for h in hops for r in h.shares()), host, head])
+              if ref in used or ref in (host, head)]
     entries = []
     for ref in models:
-        default = 1.0 if ref == host else 0.0
+        default = 1.0 if ref == head else 0.0
         weight: list[dict[str, Any]] = []
         for p, (hop, product) in enumerate(zip(hops, cumulative_scales(hops))):
             share = hop.shares().get(ref, 0.0)
@@ -160,6 +163,51 @@ def mixed_recipe(hops: Sequence[PathHop], host: str, writers: dict[int, list[str
     return recipe
 
 
+@dataclass(frozen=True)
+class LentHead:
+    """What the export writes for `head_from` on the host: its embeddings and head except these rows,
+    kept from the host (the engine's VLM vocabulary rule: the host's special-token rows, e.g. the image
+    token), and whether the output ties its head to its embeddings."""
+
+    embed_rows: tuple[int, ...] = ()
+    head_rows: tuple[int, ...] = ()
+    tied: bool = False
+
+
+def lent_head(host: str, head_from: str) -> LentHead:
+    """Read off the export's own plan (a one-hop path with `head_from`), so the runtime runs what is written."""
+    from vlmmerge.engine import MergeJob
+    from vlmmerge.engine.slices import job_plan
+
+    plan = job_plan(MergeJob.build(path_recipe([PathHop(host, 0)], host, head_from=head_from)))
+    anatomy, by_name = plan.host.anatomy, {t.name: t for t in plan.tensors}
+
+    def rows(name: str) -> tuple[int, ...]:
+        tensor = by_name[name]
+        if tensor.merged and tensor.merged_rows is not None and tensor.merged_rows < tensor.shape[0]:
+            raise RecipeError(f"evolve.dataflow.head_from: {head_from}: {name} has {tensor.merged_rows} rows, the host "
+                              f"{host} {tensor.shape[0]}: embeddings and head need the host's vocabulary")
+        return tuple(tensor.host_rows) if tensor.merged else ()
+
+    embed = rows(anatomy.embed_name)
+    tied = anatomy.head_name not in by_name
+    return LentHead(embed, embed if tied else rows(anatomy.head_name), tied)
+
+
+def check_head_tying(host: str, head_from: str | None, mixed: bool) -> None:
+    """A weighted (`linear`) export writes the host's tensor list: it cannot untie or tie the head."""
+    from vlmmerge.anatomy import Anatomy
+    from vlmmerge.checkpoint import Checkpoint
+
+    if not mixed or head_from in (None, host):
+        return
+    tied = {ref: Anatomy(Checkpoint(ref)).tied for ref in (host, head_from)}
+    if tied[host] != tied[head_from]:
+        raise RecipeError(f"evolve.dataflow.head_from: {head_from} has tie_word_embeddings {tied[head_from]}, the "
+                          f"host {host} {tied[host]}: a weighted same-size path exports as a `linear` recipe on the "
+                          "host's tensors, which cannot change the tying (use same_size_mix: choice or another head_from)")
+
+
 def model_types(refs: Sequence[str]) -> dict[str, str]:
     from vlmmerge.checkpoint import Checkpoint
     from vlmmerge.dataflow.runtime import text_model_type
@@ -169,16 +217,19 @@ def model_types(refs: Sequence[str]) -> dict[str, str]:
 
 def export_path(hops: Sequence[PathHop], out_dir: str | Path, host: str, dtype: str | None = None,
                 tokenizer_source: str | None = None, progress: bool = False, overwrite: bool = True,
-                name: str | None = None, sources: Sequence[str] = ()) -> dict[str, Any]:
+                name: str | None = None, sources: Sequence[str] = (), head_from: str | None = None) -> dict[str, Any]:
     """Write the path as a plain checkpoint of the host's architecture; returns its recipe (`slices:`, or
-    for a same-size path with mixed hops `linear`; `sources`: the models' order, as the runtime sums them)."""
+    for a same-size path with mixed hops `linear`; `sources`: the models' order, as the runtime sums them;
+    `head_from`: the model whose embeddings, final norm and head are written, default the host)."""
     from vlmmerge.engine import MergeJob, write_merge
 
     check_foldable(hops, model_types([host, *(r for h in hops for r in h.shares())]))
-    if any(hop.mixed for hop in hops):
-        recipe = mixed_recipe(hops, host, writer_names(host), sources, dtype, tokenizer_source, name)
+    mixed = any(hop.mixed for hop in hops)
+    check_head_tying(host, head_from, mixed)
+    if mixed:
+        recipe = mixed_recipe(hops, host, writer_names(host), sources, dtype, tokenizer_source, name, head_from)
     else:
-        recipe = path_recipe(hops, host, dtype, tokenizer_source, name)
+        recipe = path_recipe(hops, host, dtype, tokenizer_source, name, head_from)
     job = MergeJob.build(recipe, progress=progress)
     write_merge(job, out_dir, overwrite=overwrite)  # a slices recipe: planned as a layer stack
     return recipe

@@ -34,13 +34,15 @@ class DataflowFitness:
     dtype: Any  # torch.dtype
     device: str
     host: int = 0  # index into refs of the model that supplies embeddings, final norm, head (and vision side)
+    head: int | None = None  # index into refs of the model lending embeddings, final norm, head (None: the host)
 
     def __call__(self):
         from vlmmerge.dataflow.runtime import load_layer_path
         from vlmmerge.search.fitness import ModelFitness, make_evaluator
         from vlmmerge.search.optimize import nonnegative_seed
 
-        runtime = load_layer_path(self.refs, self.names, device=self.device, dtype=self.dtype, host=self.host)
-        space = DataflowSpace(self.refs, runtime.layer_counts, self.config, self.names, host=self.host)
+        runtime = load_layer_path(self.refs, self.names, device=self.device, dtype=self.dtype, host=self.host,
+                                  head=self.head)
+        space = DataflowSpace(self.refs, runtime.layer_counts, self.config, self.names, host=self.host, head=self.head)
         evaluator = make_evaluator(self.config.fitness, nonnegative_seed(self.config.seed))
         return ModelFitness(DataflowMaterializer(runtime, space), evaluator, self.config.fitness)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from vlmmerge.dataflow.export import export_path
+from vlmmerge.dataflow.export import check_head_tying, export_path
 from vlmmerge.dataflow.materializer import DataflowFitness, DataflowMaterializer
 from vlmmerge.dataflow.picture import draw_path, path_text
 from vlmmerge.dataflow.runtime import load_layer_path
@@ -83,15 +83,20 @@ def source_models(template: Recipe, host_vlm: str | None, dtype, device: str):
             yield f"source: {Path(ref).name}", load_model(ref, dtype, device)
 
 
-def host_index(wanted: str | None, aliases: list[list[str]]) -> int:
-    """`evolve.dataflow.host` as an index into the sources (each known by its aliases); None: model A."""
+def host_index(wanted: str | None, aliases: list[list[str]], key: str = "evolve.dataflow.host", default: int = 0) -> int:
+    """`evolve.dataflow.host` (or `key`) as an index into the sources (each known by its aliases); None: `default`."""
     if wanted is None:
-        return 0
+        return default
     for i, names in enumerate(aliases):
         if wanted in names:
             return i
     known = ", ".join(repr(names[0]) for names in aliases)
-    raise RecipeError(f"evolve.dataflow.host: {wanted!r} is not one of the recipe's models ({known})")
+    raise RecipeError(f"{key}: {wanted!r} is not one of the recipe's models ({known})")
+
+
+def head_index(flow, aliases: list[list[str]], host: int) -> int:
+    """`evolve.dataflow.head_from` as an index into the sources; None: the host."""
+    return host_index(flow.head_from, aliases, key="evolve.dataflow.head_from", default=host)
 
 
 def check_vlm_host(refs: list[str], host: int, wanted: str | None) -> None:
@@ -117,7 +122,8 @@ def dry_run_dataflow(recipe_path, template: Recipe, config) -> dict[str, Any]:
         sources = [a.host or a.model_refs[0], *sources]
         aliases = [["A (PS)", flow.model_a], *aliases]
     host = host_index(flow.host, aliases)
-    space = DataflowSpace(sources, [offline_num_layers(r) for r in sources], config, host=host)
+    space = DataflowSpace(sources, [offline_num_layers(r) for r in sources], config, host=host,
+                          head=head_index(flow, aliases, host))
     return {"recipe": str(recipe_path), "kind": "dataflow", **space.describe()}
 
 
@@ -145,16 +151,18 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
         ps_row = merged_once(ps_recipe(flow.compare_ps, base_dir), out_dir / "ps-model", progress)
     host_at = host_index(flow.host, aliases)
     check_vlm_host(refs, host_at, flow.host)
-    host = refs[host_at]
+    head_at = head_index(flow, aliases, host_at)
+    host, head_from = refs[host_at], refs[head_at]
+    check_head_tying(host, head_from, flow.variant == "same_size" and flow.same_size_mix == "weighted")
     vlms = [r for r in [template.host, *sources] if r and is_vision_language_config(Checkpoint(r).config)]
-    runtime = load_layer_path(refs, names, device=device, dtype=dtype, host=host_at)
-    space = DataflowSpace(refs, runtime.layer_counts, config, names, host=host_at)
+    runtime = load_layer_path(refs, names, device=device, dtype=dtype, host=host_at, head=head_at)
+    space = DataflowSpace(refs, runtime.layer_counts, config, names, host=host_at, head=head_at)
     seed = nonnegative_seed(config.seed)
     evaluator = make_evaluator(config.fitness, seed)
     if config.backend.kind == "ray":  # the same path models, one per actor
         from vlmmerge.search.ray_backend import RayBackend
 
-        backend = RayBackend(DataflowFitness(refs, names, config, dtype, device, host_at), space, config.backend)
+        backend = RayBackend(DataflowFitness(refs, names, config, dtype, device, host_at, head_at), space, config.backend)
     else:
         backend = LocalBackend(ModelFitness(DataflowMaterializer(runtime, space), evaluator, config.fitness), space)
     journal = Journal(out_dir / "journal.jsonl")
@@ -169,7 +177,8 @@ def run_dataflow(raw: Recipe, template: Recipe, config, recipe_path, out_dir, pr
     hops = space.hops(np.asarray(best.genome))
     tokenizer = template.tokenizer_ref if template.tokenizer_ref in refs else None
     recipe = export_path(hops, out_dir / "best-model", host=host, dtype=template.output_dtype,
-                         tokenizer_source=tokenizer, name=f"{template.name or 'dfs'} (best path)", sources=refs)
+                         tokenizer_source=tokenizer, name=f"{template.name or 'dfs'} (best path)", sources=refs,
+                         head_from=head_from)
     atomic_write_text(out_dir / "best-recipe.yaml", yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
     named = named_path(path, names)
     draw_path(named, out_dir / "path.png", title=f"{template.name or 'DFS'}: best path (fitness {best.fitness:.4g})")

@@ -10,7 +10,9 @@ the path's layer count and per-layer fields, so caches and masks are built for t
 path changes no weight: materialising a candidate costs microseconds. A mixed hop (same-size
 `weighted`: (1 - alpha) W_k + alpha W_{k+1} at position p) runs a private copy of the layer, made once
 per position, whose parameters are overwritten per candidate by the merge engine's `linear` kernel;
-the sources' own layers are never touched.
+the sources' own layers are never touched. With `head` (`evolve.dataflow.head_from`) another source's
+token embeddings, final norm and lm_head modules (shared, not copied) replace the host's; the vision
+tower and projector stay the host's.
 """
 
 from __future__ import annotations
@@ -128,12 +130,60 @@ def language_model(model: nn.Module) -> nn.Module:
     return found[0]
 
 
+HEAD_PARTS = ("embed_tokens", "norm")
+
+
+def _same_shapes(own: nn.Module | None, lent: nn.Module | None, what: str, where: str) -> None:
+    if own is None or lent is None:
+        raise RecipeError(f"{where}: {what} not found (host: {type(own).__name__}, source: {type(lent).__name__})")
+    mine, theirs = [tuple(p.shape) for p in own.parameters()], [tuple(p.shape) for p in lent.parameters()]
+    if mine != theirs:
+        raise RecipeError(f"{where}: {what} has shapes {theirs}, the host's {mine}: it needs the host's vocabulary "
+                          "and hidden size")
+
+
+def _with_host_rows(lent: nn.Module, own: nn.Module, rows: Sequence[int]) -> nn.Module:
+    """`lent` itself, or (rows to keep from the host) a private copy with the host's rows there."""
+    if not rows:
+        return lent
+    with torch.no_grad():
+        private = copy.deepcopy(lent)
+        private.weight[list(rows)] = own.weight[list(rows)]
+    return private
+
+
+def lend_head(host_model: nn.Module, source_model: nn.Module, where: str, lent=None) -> None:
+    """Put the source's token embeddings, final norm and lm_head modules (shared) in the host model;
+    `lent` (an export.LentHead): rows kept from the host (then private copies) and the output's tying."""
+    own, lent_lm = language_model(host_model), language_model(source_model)
+    other = [n for n, _ in own.named_parameters() if not n.startswith(tuple(f"{p}." for p in ("layers", *HEAD_PARTS)))]
+    if other:
+        raise RecipeError(f"{where}: the host's language model has tensors besides embeddings, layers and final "
+                          f"norm ({other[0]}); lending embeddings / norm / head is not supported for it")
+    for part in HEAD_PARTS:
+        _same_shapes(getattr(own, part, None), getattr(lent_lm, part, None), part, where)
+    head, source_head = host_model.get_output_embeddings(), source_model.get_output_embeddings()
+    _same_shapes(head, source_head, "lm_head", where)
+    embed_rows, head_rows, tied = (lent.embed_rows, lent.head_rows, lent.tied) if lent else ((), (), False)
+    embed = _with_host_rows(lent_lm.embed_tokens, own.embed_tokens, embed_rows)
+    if tied and embed is not lent_lm.embed_tokens:  # the output ties its head to the (private) embeddings
+        with torch.no_grad():
+            new_head = copy.deepcopy(source_head, {id(source_head.weight): embed.weight})
+    else:
+        new_head = _with_host_rows(source_head, head, head_rows)
+    own.embed_tokens, own.norm = embed, lent_lm.norm
+    owner, _, attr = next(n for n, m in host_model.named_modules() if m is head).rpartition(".")
+    setattr(host_model.get_submodule(owner) if owner else host_model, attr, new_head)
+
+
 class LayerPath:
     """Host model + every source's decoder layers; `set_path` makes the host run a path of hops."""
 
     def __init__(self, host_model: nn.Module, processor, source_models: Sequence[nn.Module], names: Sequence[str],
-                 host: int = 0):
-        """`source_models[host]` is the host itself (model A by default); the others lend their decoder layers."""
+                 host: int = 0, head: int | None = None, lent=None):
+        """`source_models[host]` is the host itself (model A by default); the others lend their decoder layers,
+        and `source_models[head]` (default: the host) its embeddings, final norm and head (`lent`: the
+        export.LentHead saying which rows the export keeps from the host)."""
         check_reorderable(host_model.config, names[host])
         if source_models[host] is not host_model:
             raise VlmMergeError(f"layer path: source {host} ({names[host]}) must be the host model itself")
@@ -158,6 +208,9 @@ class LayerPath:
             if lm.config.hidden_size != self.text_config.hidden_size:
                 raise RecipeError(f"{name}: hidden size {lm.config.hidden_size} differs from the host's "
                                   f"{self.text_config.hidden_size}; its layers cannot sit on the host's path")
+        self.head = host if head is None else head
+        if self.head != host:
+            lend_head(host_model, source_models[self.head], f"evolve.dataflow.head_from: {names[self.head]}", lent)
         self.model.eval()
         self.path: tuple[HopSpec, ...] = ()
         # scale-invariant pre-norm families run paths in the folded form (= the exported checkpoint)
@@ -219,11 +272,14 @@ class LayerPath:
 
 
 def load_layer_path(refs: Sequence[str], names: Sequence[str] | None = None, device: str = "cpu",
-                    dtype: torch.dtype | None = None, host: int = 0) -> LayerPath:
-    """Load the host (`refs[host]`, with its processor) and the other sources, in `dtype` on `device`."""
+                    dtype: torch.dtype | None = None, host: int = 0, head: int | None = None) -> LayerPath:
+    """Load the host (`refs[host]`, with its processor) and the other sources, in `dtype` on `device`;
+    `head`: the source lending embeddings, final norm and head (default: the host)."""
     from vlmmerge.checkpoint import Checkpoint, model_class_for
+    from vlmmerge.dataflow.export import lent_head
     from vlmmerge.evaluation import load_model_for_eval
 
+    lent = lent_head(str(refs[host]), str(refs[head])) if head not in (None, host) else None  # fails before loading
     model, processor = load_model_for_eval(str(refs[host]), device=device, dtype=dtype)
     dtype = dtype or next(model.parameters()).dtype
     models = []
@@ -234,4 +290,4 @@ def load_layer_path(refs: Sequence[str], names: Sequence[str] | None = None, dev
         config = Checkpoint(ref).config
         check_reorderable(config, ref)
         models.append(model_class_for(config).from_pretrained(ref, dtype=dtype).to(device).eval())
-    return LayerPath(model, processor, models, list(names or refs), host)
+    return LayerPath(model, processor, models, list(names or refs), host, head, lent)

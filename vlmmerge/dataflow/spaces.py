@@ -40,9 +40,10 @@ class DataflowSpace:
     """The genome <-> path map for one DFS recipe; `config` is the whole EvolveConfig (for the optimizer)."""
 
     def __init__(self, models: Sequence[str], layer_counts: Sequence[int], config, names: Sequence[str] | None = None,
-                 host: int = 0):
+                 host: int = 0, head: int | None = None):
         self.config = config
         self.host = host
+        self.head = host if head is None else head  # the source of embeddings, final norm, head (describe only)
         self.dataflow: DataflowConfig = config.dataflow
         self.models = list(models)
         self.names = list(names or models)
@@ -154,6 +155,7 @@ class DataflowSpace:
             "kind": "dataflow", "variant": self.variant, "dimension": self.dimension, "models": self.models,
             **({"same_size_mix": "weighted"} if self.weighted else {}),
             **({"host": self.models[self.host]} if self.host else {}),
+            **({"head_from": self.models[self.head]} if self.head != self.host else {}),
             "layers_per_model": self.layer_counts, "repeats": self.dataflow.repeats, "slots": len(self.slots),
             "max_path_length": self.max_length, "scale_bounds": [self.low, self.high],
             "population": population, "budget": search.budget, "generations": math.ceil(search.budget / population),

@@ -7,7 +7,10 @@ entries, e.g. `{filter: down_proj, value: 0.5}`) multiplies a copied layer's ten
 loads as a one-model passthrough of the first slice's model, or of `non_layer_from` (a vlmmerge key:
 the model whose embeddings, final norm and head are written, as a data-flow path keeps model A's),
 so the embeddings, the vision side of a VLM host and every non-layer tensor go through the ordinary
-passthrough method; its decoder-layer stack is rewritten by `stack_plan`. `write_merge` plans a
+passthrough method; its decoder-layer stack is rewritten by `stack_plan`. A `non_layer_from` other
+than `host:` lends embeddings, final norm and head onto the host (its vision side stays the host's);
+if the two tie their embeddings differently, its head (its embedding if tied) is written as an untied
+`lm_head`. `write_merge` plans a
 slices recipe here, so `vlmmerge merge`, `run_merge` and every caller of the engine run it. On a VLM host (`host:` or a VLM first model) only the
 language side is stacked; vision encoder and projector stay the host's.
 """
@@ -75,7 +78,10 @@ def slices_plan(job: MergeJob) -> MergePlan:
         if spec.layer >= count:
             raise RecipeError(f"slices: layer {spec.layer} of {spec.source} (output layer {i}) does not exist; "
                               f"it has {count} layers")
-    plan = stack_plan(plan, layers, head_from=last if last != first else None)
+    head = last if last != first else None
+    if head is None and first != plan.host.ref and sources[first].anatomy.tied != plan.host.anatomy.tied:
+        head = first
+    plan = stack_plan(plan, layers, head_from=head)
     if last != first:
         plan = replace(plan, tensors=[_post_weight(plan, t, sources[last]) for t in plan.tensors])
     return plan
