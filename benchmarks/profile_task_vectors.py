@@ -12,9 +12,12 @@ def t(label, fn, n=3):
     fn(); s=time.perf_counter()
     for _ in range(n): fn()
     print(f"{label:40s} {(time.perf_counter()-s)/n*1000:8.1f} ms")
-t("dare_ties full (2 models)", lambda: task_vectors.dare_ties(base, fts, [1.0,1.0], [0.5,0.5], generator=torch.Generator().manual_seed(1)))
-t("ties full (2 models)", lambda: task_vectors.ties(base, fts, [1.0,1.0], [0.5,0.5]))
-t("task_arithmetic (2 models)", lambda: task_vectors.task_arithmetic(base, fts, [1.0,1.0]))
+import os
+for mode in ("off", "on"):  # VLMMERGE_FUSED: eager passes vs the fused kernels (vlmmerge/methods/fused.py)
+    os.environ["VLMMERGE_FUSED"] = mode
+    t(f"[fused {mode}] dare_ties full (2 models)", lambda: task_vectors.dare_ties(base, fts, [1.0,1.0], [0.5,0.5], generator=torch.Generator().manual_seed(1)))
+    t(f"[fused {mode}] ties full (2 models)", lambda: task_vectors.ties(base, fts, [1.0,1.0], [0.5,0.5]))
+    t(f"[fused {mode}] task_arithmetic (2 models)", lambda: task_vectors.task_arithmetic(base, fts, [1.0,1.0]))
 t("torch.rand float32 x1", lambda: torch.rand(shape, generator=g))
 t("bf16->f32 delta x1", lambda: fts[0].float()-base.float())
 d=fts[0].float()-base.float()

@@ -20,9 +20,11 @@ import torch
 
 from vlmmerge.engine import MergePlan, Source, plan_merge
 from vlmmerge.engine.compute import (
-    HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices, read_tensor_inputs,
+    FUSED_METHODS, HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices,
+    read_tensor_inputs,
 )
 from vlmmerge.errors import VlmMergeError
+from vlmmerge.methods import fused
 from vlmmerge.methods.kept import KeptTaskVector, keeping
 from vlmmerge.methods.masks import DrawnUniforms, mask_seed
 from vlmmerge.recipe import Recipe
@@ -78,6 +80,7 @@ class LiveMerge:
     _task_vectors: dict[tuple, KeptTaskVector] = field(init=False, default_factory=dict)
     _task_vector_bytes: int = field(init=False, default=0)
     _inputs_kept: dict[tuple, TensorInputs] = field(init=False, default_factory=dict)
+    _workspace: dict = field(init=False, default_factory=dict)  # fused kernels' buffers, reused per tensor
 
     def __post_init__(self) -> None:
         self.sources = {ref: CachedSource(Source.open(ref)) for ref in dict.fromkeys([self.host_ref, *self.refs])}
@@ -134,17 +137,23 @@ class LiveMerge:
             param = self._params.get(tensor.name)
             if param is None:
                 raise VlmMergeError(f"live model has no parameter {tensor.name!r}")
-            if merges_in_slices(plan, tensor, self.device) and param.device.type == "cpu" and param.is_contiguous():
+            whole = plan.method.name in FUSED_METHODS and fused.enabled(tensor.numel)
+            if merges_in_slices(plan, tensor, self.device) and not whole and param.device.type == "cpu" \
+                    and param.is_contiguous():
                 # elementwise methods: cache-sized slices written straight into the parameter (same bits)
                 flat, offset = param.view(-1), 0
                 for piece in merged_slices(plan, tensor, self.device):
                     flat[offset:offset + piece.numel()].copy_(piece)
                     offset += piece.numel()
                 continue
-            with keeping(self._kept(plan, tensor)):  # merge_tensor, on kept inputs
+            # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place
+            direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
+                and param.is_contiguous() else None
+            with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct):
                 value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
                                               self._generators(plan, tensor))
-            param.copy_(value.to(device=param.device, dtype=param.dtype))
+            if value.data_ptr() != param.data_ptr():
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
         self.last_apply_seconds = time.perf_counter() - start
 
     def _generators(self, plan: MergePlan, tensor) -> list[DrawnUniforms] | None:

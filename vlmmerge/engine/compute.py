@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vlmmerge.engine.plan import MergePlan, Source, TensorPlan
-from vlmmerge.methods import mask_generators
+from vlmmerge.methods import fused, mask_generators
 from vlmmerge.methods.passthrough import passthrough
 
 # Methods whose kernels compute in float32 from half-precision inputs themselves (each input is
@@ -32,6 +32,9 @@ HALF_INPUT_METHODS = frozenset(
 # (tests/test_engine_streaming.py compares with `merge_tensor`).
 ELEMENTWISE_METHODS = frozenset({"linear", "task_arithmetic"})
 SLICE_ELEMENTS = 1 << 18
+# Elementwise methods with a fused kernel (`methods/fused.py`): a live candidate merges their large
+# tensors whole, in one compiled pass written into the parameter, rather than in slices.
+FUSED_METHODS = frozenset({"task_arithmetic"})
 
 
 @dataclass
@@ -108,7 +111,11 @@ def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInp
     merged = merged.to("cpu")
     if inputs.host_value is not None:
         # Rows past the shared vocabulary and the host's special-token rows stay the host's.
-        full = inputs.host_value.to(merged.dtype, copy=True)
+        full = fused.buffer("full", inputs.host_value.shape) if merged.dtype == torch.float32 else None
+        if full is not None and full.data_ptr() != merged.data_ptr():
+            full.copy_(inputs.host_value)  # a live candidate's reused buffer (`fused.reusing`), else fresh
+        else:
+            full = inputs.host_value.to(merged.dtype, copy=True)
         rows = tensor.method_rows()
         if isinstance(rows, slice):
             full[rows] = merged

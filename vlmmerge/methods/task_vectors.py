@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods import fused
+from vlmmerge.methods.fused_deltas import Fusable, dare_delta, della_delta, fused_task_arithmetic, range_delta, trim_delta
 from vlmmerge.methods.kept import kept
 from vlmmerge.methods.masks import Generators, generator_for
 from vlmmerge.methods.della import della_sparsify
@@ -75,13 +77,22 @@ def generalized_task_arithmetic(
     consensus: str | None = None,
     normalize: bool = False,
     lambda_: float = 1.0,
+    fusable: Fusable | None = None,
 ) -> Tensor:
-    """The shared task-vector merge (see module docstring). Returns a new tensor."""
+    """The shared task-vector merge (see module docstring). Returns a new tensor.
+
+    `fusable(delta, i, scratch, out)`: `sparsify`'s elementwise rest as a `fused.Delta` (or None)
+    for the fused path (`fused.py`: one compiled pass, same bits), taken for large CPU tensors.
+    """
     _check_lengths(finetuned, weight=weights)
     dtype = work_dtype(base, *finetuned)
     # A half-precision base is also added back at the end as given: the addition promotes it
     # exactly, so its working copy is needed only while the deltas are formed.
     base_in = base
+    if finetuned and dtype == torch.float32 and consensus in (None, "sum", "count") and fused.wanted(base, *finetuned):
+        entries = [kept(i, len(finetuned)) for i in range(len(finetuned))]
+        return fused_task_arithmetic(base_in, finetuned, torch.tensor(list(weights), dtype=dtype), entries, sparsify,
+                                     fusable, consensus, normalize, lambda_)
     base = base.to(dtype)
     if not finetuned:
         return base.clone()
@@ -199,6 +210,7 @@ def ties(
         sparsify=lambda delta, i, scratch, out=None: trim_to_density(
             delta, densities[i], norm, scratch, kept(i, len(finetuned)), out
         ),
+        fusable=lambda delta, i, scratch, out: trim_delta(delta, densities[i], norm, scratch, kept(i, len(finetuned))),
         consensus="sum", normalize=normalize, lambda_=lambda_,
     )
 
@@ -220,6 +232,10 @@ def _dare(
     return generalized_task_arithmetic(
         base, finetuned, weights,
         sparsify=lambda delta, i, scratch, out=None: dare_sparsify(
+            delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
+            kept(i, len(finetuned)),
+        ),
+        fusable=lambda delta, i, scratch, out: dare_delta(
             delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
             kept(i, len(finetuned)),
         ),
@@ -277,6 +293,8 @@ def _breadcrumbs(
         sparsify=lambda delta, i, scratch, out=None: trim_outliers(
             delta, densities[i], gammas[i], norm, scratch, kept(i, len(finetuned)), out
         ),
+        fusable=lambda delta, i, scratch, out: range_delta(delta, densities[i], gammas[i], norm, scratch,
+                                                           kept(i, len(finetuned))),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )
 
@@ -332,6 +350,10 @@ def _della(
         sparsify=lambda delta, i, scratch, out=None: della_sparsify(
             delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch,
             kept(i, len(finetuned)), out,
+        ),
+        fusable=lambda delta, i, scratch, out: della_delta(
+            delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
+            kept(i, len(finetuned)),
         ),
         consensus=consensus, normalize=normalize, lambda_=lambda_,
     )

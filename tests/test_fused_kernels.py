@@ -1,0 +1,142 @@
+"""The fused task-vector kernels (`vlmmerge/methods/fused.py`) give the eager code's bits.
+
+Each method runs with VLMMERGE_FUSED=off and =on (threshold lowered so small tensors take the
+fused path) on inputs with zeros, exact ties of magnitude, -0.0 and half-precision storage, with
+and without kept task vectors / kept uniforms (what live candidates use); the results must be
+equal bit for bit (compared as integers, so -0.0 != +0.0 and NaN payloads count).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmmerge.methods import fused, task_vectors
+from vlmmerge.methods.kept import KeptTaskVector, keeping
+from vlmmerge.methods.masks import DrawnUniforms, mask_generators
+
+SHAPE = (48, 40)
+
+
+def _inputs(dtype: torch.dtype, models: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(SHAPE, generator=g) * 0.02
+    tunes = []
+    for i in range(models):
+        delta = torch.randn(SHAPE, generator=g) * 0.002
+        delta = (delta * 2000).round() / 2000  # few distinct magnitudes: ties at every cut
+        delta[i::7] = 0.0
+        delta[0, :5] = -0.0
+        tunes.append(base + delta)
+    base[1, :3] = -0.0
+    return base.to(dtype), [t.to(dtype) for t in tunes]
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous().view(torch.int32 if tensor.element_size() == 4 else torch.int16)
+
+
+def _run(monkeypatch, setting: str, fn, base, tunes, live: bool, random: bool):
+    monkeypatch.setenv(fused.MODE_ENV, setting)
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "1024")
+    kwargs = {}
+    if random:
+        seeds = mask_generators(7, "t", range(len(tunes)))
+        kwargs["generator"] = [DrawnUniforms(s.initial_seed()) for s in seeds] if live else seeds
+    if not live:
+        return fn(base, tunes, **kwargs)
+    entries = [KeptTaskVector() for _ in tunes]
+    with keeping(entries):
+        fn(base, tunes, **kwargs)  # first candidate fills the kept values
+        if random:
+            kwargs["generator"] = [u.rewind() for u in kwargs["generator"]]
+        return fn(base, tunes, **kwargs)
+
+
+W = [0.7, 0.45]
+CASES = {
+    "task_arithmetic": (lambda b, f: task_vectors.task_arithmetic(b, f, W, lambda_=0.8), False),
+    "task_arithmetic_norm": (lambda b, f: task_vectors.task_arithmetic(b, f, W, normalize=True), False),
+    "ties": (lambda b, f: task_vectors.ties(b, f, W, [0.5, 0.3], lambda_=1.1), False),
+    "ties_density_1": (lambda b, f: task_vectors.ties(b, f, W, [1.0, 0.35]), False),
+    "dare_ties": (lambda b, f, generator: task_vectors.dare_ties(b, f, W, [0.6, 0.3], generator=generator), True),
+    "dare_linear_probability": (lambda b, f, generator: task_vectors.dare_linear(
+        b, f, W, [0.6, 0.3], generator=generator, rescale_norm="probability"), True),
+    "breadcrumbs_ties": (lambda b, f: task_vectors.breadcrumbs_ties(b, f, W, [0.6, 0.5], gammas=[0.05, 0.02]), False),
+    "della": (lambda b, f, generator: task_vectors.della(b, f, W, [0.5, 0.4], epsilons=[0.1, 0.2], generator=generator), True),
+    "della_linear_probability": (lambda b, f, generator: task_vectors.della_linear(
+        b, f, W, [0.5, 0.4], generator=generator, rescale_norm="probability"), True),
+}
+
+
+# each case compiles a kernel variant or two (~1-3 s cold): variants that differ only in a flag run once
+ONLY_KEPT = {"task_arithmetic_norm", "ties_density_1"}
+PARAMS = [pytest.param(name, live, id=f"{name}-{'kept' if live else 'static'}")
+          for name in sorted(CASES) for live in (False, True) if live or name not in ONLY_KEPT]
+
+
+@pytest.mark.parametrize("name,live", PARAMS)
+def test_fused_equals_eager_bitwise(monkeypatch, name, live):
+    fn, random = CASES[name]
+    base, tunes = _inputs(torch.bfloat16)
+    before = fused.calls["merge"]
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, random)
+    assert fused.calls["merge"] == before
+    got = _run(monkeypatch, "on", fn, base, tunes, live, random)
+    assert fused.calls["merge"] > before
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(_bits(got), _bits(expected)), f"{name}: {(got != expected).sum()} elements differ"
+
+
+def test_fused_ties_float32_and_three_models(monkeypatch):
+    base, tunes = _inputs(torch.float32, models=3, seed=3)
+    tunes[1] = tunes[1].to(torch.float16)  # mixed storage dtypes, as a recipe over differently stored models
+    fn = lambda b, f: task_vectors.ties(b, f, [0.4, 1.3, 0.9], [0.5, 0.2, 0.7])  # noqa: E731
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, False)
+    got = _run(monkeypatch, "on", fn, base, tunes, False, False)
+    assert torch.equal(_bits(got), _bits(expected))
+
+
+def test_fused_off_below_threshold_and_bad_setting(monkeypatch):
+    base, tunes = _inputs(torch.float32)
+    monkeypatch.setenv(fused.MODE_ENV, "on")
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, str(base.numel() + 1))
+    assert not fused.wanted(base, *tunes)
+    monkeypatch.setenv(fused.MODE_ENV, "sometimes")
+    with pytest.raises(Exception, match="VLMMERGE_FUSED"):
+        fused.wanted(base)
+
+
+def test_failed_compile_falls_back_to_the_same_bits_in_auto_mode(monkeypatch):
+    base, tunes = _inputs(torch.bfloat16, seed=5)
+    fn = lambda b, f: task_vectors.ties(b, f, W, [0.4, 0.6])  # noqa: E731
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(fused, "_compiler_found", lambda: True)
+    with pytest.raises(RuntimeError, match="no compiler"):
+        _run(monkeypatch, "on", fn, base, tunes, False, False)
+    got = _run(monkeypatch, "auto", fn, base, tunes, False, False)  # the kernels' own code, run eagerly, once
+    assert fused._broken
+    assert torch.equal(_bits(got), _bits(expected))
+    assert not fused.wanted(base, *tunes)  # from now on the eager path
+
+
+def test_fused_in_worker_threads_gives_the_same_bits(monkeypatch):
+    """The engine merges tensors in a thread pool: concurrent first calls, per-thread dynamo config."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, tunes = _inputs(torch.bfloat16, seed=9)
+    fn = lambda: task_vectors.ties(base, tunes, W, [0.45, 0.55])  # noqa: E731
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "1024")
+    monkeypatch.setenv(fused.MODE_ENV, "off")
+    expected = fn()
+    monkeypatch.setenv(fused.MODE_ENV, "on")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: fn(), range(6)))
+    assert all(torch.equal(_bits(r), _bits(expected)) for r in results)

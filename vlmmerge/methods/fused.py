@@ -1,0 +1,316 @@
+"""Fused elementwise tails of the task-vector merges: one compiled pass instead of ~5-20 eager ones.
+
+`generalized_task_arithmetic` hands over, per model, a `Delta`: the elementwise rest of its
+sparsification (a TIES cut given its thresholds, a DARE / DELLA keep given its uniforms, or a
+delta already computed) and its weight; `merge` then computes the weighted deltas, the sign
+election, the disjoint sum, the divisor, lambda and the base in one torch.compile'd kernel
+(inductor's C++ code on CPU). Every step is the eager code's operation in the eager code's
+order, so the result is the same to the bit (tests/test_fused_kernels.py): no reassociation,
+no contraction (-ffp-contract=off, pinned in `_EXACT_MATH`), per-candidate numbers passed as 0-d
+tensors (a Python float would be baked into the kernel: a recompile per candidate).
+
+Settings: `VLMMERGE_FUSED` = auto (default: fused on CPU for tensors of at least
+`VLMMERGE_FUSED_MIN_ELEMENTS`, 65536, elements when a C++ compiler is found; a failed compile is
+logged once and the eager code runs), on (the same, and a failed compile is an error), off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vlmmerge.errors import RecipeError
+
+MODE_ENV = "VLMMERGE_FUSED"
+MIN_ELEMENTS_ENV = "VLMMERGE_FUSED_MIN_ELEMENTS"
+DEFAULT_MIN_ELEMENTS = 1 << 16
+# Delta kinds: plain (x * ratio: a delta already sparsified, ratio its rescale factor), sub
+# (finetuned - base), trim (TIES cut: |x| <= lo before flat index `cut`, <= hi from there, -> 0),
+# range (breadcrumbs: keep lo <= |x| <= hi, each bound switching at its own flat index),
+# dare / dare_p (x * (u < density) [/ density]), della / della_p (keep probability from rank fractions).
+RECOMPILE_LIMIT = 64
+# inductor's defaults, pinned whatever the environment says: no FP contraction, no unsafe math
+# (its C++ flags still include -fno-signed-zeros: the -0.0 cases are in tests/test_fused_kernels.py)
+_EXACT_MATH = {"cpp.enable_floating_point_contract_flag": "off", "cpp.enable_unsafe_math_opt_flag": False}
+KINDS = ("plain", "sub", "trim", "range", "dare", "dare_p", "della", "della_p")
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_compiled: dict[str, object] = {}
+_warm: set[tuple] = set()
+_broken: list[str] = []
+calls = {"merge": 0, "stage": 0}  # fused kernel calls (tests check that the fused path ran)
+_POOL: ContextVar[tuple[dict, Tensor | None] | None] = ContextVar("fused_workspace", default=None)
+
+
+@contextmanager
+def reusing(pool: dict, out: Tensor | None = None) -> Iterator[None]:
+    """Merges run inside take their buffers, the result included, from `pool` (flat float32 slabs,
+    one per role, grown to the largest tensor): a live candidate's next tensor reuses them, so no
+    fresh memory is faulted in per tensor (on CPU that costs more than the arithmetic). The result
+    is valid until the next merge inside the same pool. `out` (float32, contiguous): where a result
+    of its shape goes (a live model's parameter: no copy)."""
+    token = _POOL.set((pool, out))
+    try:
+        yield
+    finally:
+        _POOL.reset(token)
+
+
+def buffer(role: str, shape: torch.Size) -> Tensor:
+    """A float32 tensor of `shape`: a view of the active pool's slab for `role`, else fresh."""
+    active = _POOL.get()
+    if active is None:
+        return torch.empty(shape, dtype=torch.float32)
+    pool, out = active
+    if role in ("out", "full") and out is not None and out.shape == shape:
+        return out
+    numel = shape.numel()
+    slab = pool.get(role)
+    if slab is None or slab.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor, as a parameter is: one kernel variant for both
+            slab = pool[role] = torch.empty(numel, dtype=torch.float32)
+    return slab[:numel].view(shape)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One model's weighted delta, elementwise: `kind` (see KINDS) over flat `tensors`."""
+
+    kind: str
+    tensors: tuple[Tensor, ...]
+
+
+def mode() -> str:
+    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise RecipeError(f"{MODE_ENV}={value!r}: expected auto, on or off")
+    return value
+
+
+def min_elements() -> int:
+    value = os.environ.get(MIN_ELEMENTS_ENV)
+    try:
+        return DEFAULT_MIN_ELEMENTS if value is None else int(value)
+    except ValueError:
+        raise RecipeError(f"{MIN_ELEMENTS_ENV}={value!r}: expected a whole number of elements") from None
+
+
+def enabled(numel: int) -> bool:
+    """Whether a CPU tensor of `numel` elements takes the fused path (see `wanted`)."""
+    current = mode()
+    if current == "off" or (current == "auto" and (_broken or not _compiler_found())):
+        return False
+    return numel >= max(min_elements(), 2)
+
+
+def wanted(*tensors: Tensor | None) -> bool:
+    """Whether a merge of these inputs takes the fused path (CPU, float32 work, large enough)."""
+    present = [t for t in tensors if t is not None]
+    if not present or not enabled(present[0].numel()):
+        return False
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16, torch.float16)
+               and t.is_contiguous() for t in present)
+
+
+@functools.cache
+def _compiler_found() -> bool:
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def scalar(value: float | Tensor) -> Tensor:
+    """A float32 0-d tensor (what the eager code's f32 kernels round a Python scalar to)."""
+    if isinstance(value, Tensor):
+        return value.to(torch.float32).reshape(())
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def flat(tensor: Tensor) -> Tensor:
+    return tensor.reshape(-1)
+
+
+# --- the kernels (plain torch; compiled on first use) ---------------------------------------
+
+def _delta(kind: str, base: Tensor, p: tuple[Tensor, ...]) -> Tensor:
+    if kind == "plain":
+        return p[0] * p[1]
+    if kind == "sub":
+        return p[0].to(torch.float32) - base
+    x = p[0]
+    if kind == "trim":  # the eager `threshold_`: |x| <= threshold -> 0 (then the sign back)
+        magnitude = x.abs()
+        return torch.copysign(torch.where(magnitude <= p[1], 0.0, magnitude), x)
+    if kind == "range":  # breadcrumbs: keep lo <= |x| <= hi
+        magnitude = x.abs()
+        return x * ((magnitude >= p[1]) & (magnitude <= p[2])).to(torch.float32)
+    if kind in ("dare", "dare_p"):
+        kept = x * (p[1] < p[2]).to(torch.float32)
+        return kept / p[2] if kind == "dare_p" else kept
+    # della: probabilities = rank_fractions * 2 * epsilon + (density - epsilon)
+    probabilities = p[2] * 2.0 * p[3] + p[4]
+    kept = x * (p[1] < probabilities).to(torch.float32)
+    return kept / probabilities if kind == "della_p" else kept
+
+
+def _merge_kernel(out: Tensor, base_in: Tensor, kinds: tuple[str, ...], params: list, weights: list,
+                  consensus: str | None, normalize: bool, divisor: Tensor, lambda_: Tensor) -> None:
+    out.copy_(_merged(base_in, kinds, params, weights, consensus, normalize, divisor, lambda_))
+
+
+def _merged(base_in: Tensor, kinds: tuple[str, ...], params: list, weights: list, consensus: str | None,
+            normalize: bool, divisor: Tensor, lambda_: Tensor) -> Tensor:
+    base = base_in.to(torch.float32)
+    deltas = [_delta(k, base, p) * w for k, p, w in zip(kinds, params, weights)]
+    if consensus is None:
+        merged = deltas[0]
+        for delta in deltas[1:]:
+            merged = merged + delta
+        if normalize:
+            merged = merged / divisor
+        return (merged * lambda_) + base_in.to(torch.float32)
+    if consensus == "sum":
+        votes = deltas[0]
+        for delta in deltas[1:]:
+            votes = votes + delta
+    else:
+        votes = torch.sign(deltas[0])
+        for delta in deltas[1:]:
+            votes = votes + torch.sign(delta)
+    elected = (votes >= 0).to(torch.float32) * 2.0 - 1.0
+    merged = None
+    count = None
+    for delta, weight in zip(deltas, weights):
+        agreeing = torch.relu(delta * elected)
+        agreed = (agreeing > 0).to(torch.float32)  # sign(agreeing): agreeing is >= 0 (or NaN: 0 both ways)
+        if merged is None:
+            count = agreed * weight
+            merged = agreeing * elected
+            merged = torch.where(merged == 0, 0.0, merged)  # the eager `+ 0.0` (-0.0 -> +0.0), which inductor drops
+        else:
+            merged = merged + agreeing * elected
+            count = count + agreed * weight
+    if normalize:
+        count = count + (count == 0).to(torch.float32)
+        merged = merged / count
+    return base_in.to(torch.float32) + merged * lambda_
+
+
+def _stage_kernel(kind: str, base: Tensor, params: tuple, out: Tensor, magnitudes: Tensor | None) -> None:
+    value = _delta(kind, base, params)
+    out.copy_(value)
+    if magnitudes is not None:
+        magnitudes.copy_(value.abs())
+
+
+def _run(name: str, fn, key: tuple, *args):
+    """`fn` compiled (once per process), called; the first call of each variant under a lock (the
+    engine's worker threads may all arrive at once). Eager `fn` where compiling failed in auto mode."""
+    if _broken and mode() == "auto":
+        return fn(*args)
+    try:
+        # one kernel per (method's delta kinds, consensus, dtypes, ...): more than dynamo's default 8;
+        # dynamo's config is per thread (the engine's workers each get it here)
+        if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+            torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+        _pin_exact_math()
+        compiled = _compiled.get(name)
+        if compiled is None:
+            compiled = _compiled.setdefault(name, torch.compile(fn, dynamic=True))
+        if key in _warm:
+            return compiled(*args)
+        with _lock:
+            result = compiled(*args)
+            _warm.add(key)
+            return result
+    except Exception as error:  # noqa: BLE001  (inductor / compiler failures of any kind)
+        if mode() == "on":
+            raise
+        if not _broken:
+            _log.warning("fused kernels off (%s: %s); merging with the eager code", type(error).__name__, error)
+            _broken.append(str(error))
+        return fn(*args)
+
+
+def _pin_exact_math() -> None:
+    """`_EXACT_MATH` in this thread's inductor config (set here, not as torch.compile options:
+    those are re-applied on every call, ~60 us each)."""
+    cpp = torch._inductor.config.cpp
+    for key, value in _EXACT_MATH.items():
+        name = key.removeprefix("cpp.")
+        if getattr(cpp, name) != value:
+            setattr(cpp, name, value)
+
+
+def _signature(*tensors: Tensor) -> tuple:
+    return tuple((t.dtype, t.dim()) for t in tensors)
+
+
+def merge(base_in: Tensor, deltas: Sequence[Delta], weights: Tensor, consensus: str | None, normalize: bool,
+          divisor: Tensor, lambda_: float) -> Tensor:
+    """base + lambda * merged (see task_vectors' docstring) in one pass; shaped as `base_in`.
+
+    A trim Delta (x, lo, hi, cut) compares with lo before flat index `cut` and with hi from there
+    on: the tensor is merged in segments between the models' cuts, each with one threshold per model."""
+    n = base_in.numel()
+    cuts = sorted({int(d.tensors[i]) for d in deltas for i in _CUTS.get(d.kind, ())} - {0, n})
+    out = buffer("out", base_in.shape)
+    flat_out, flat_base = flat(out), flat(base_in)
+    params = [tuple(flat(t) if t.dim() else t for t in d.tensors) for d in deltas]
+    kinds = tuple(d.kind for d in deltas)
+    ws = [weights[i] for i in range(len(deltas))]
+    bounds = [0, *cuts, n]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        piece = [_piece(k, p, start, stop, n) for k, p in zip(kinds, params)]
+        key = ("merge", kinds, consensus, normalize, base_in.dtype, _signature(*(t for p in piece for t in p)))
+        calls["merge"] += 1
+        with torch.no_grad():
+            _run("merge", _merge_kernel, key, flat_out[start:stop], flat_base[start:stop], kinds, piece, ws,
+                 consensus, normalize, scalar(divisor), scalar(lambda_))
+    return out
+
+
+_CUTS = {"trim": (3,), "range": (3, 6)}  # where a Delta's flat-index cuts are
+
+
+def _piece(kind: str, params: tuple, start: int, stop: int, n: int) -> tuple:
+    """A Delta's kernel inputs for the flat segment [start, stop) (which lies on one side of every cut)."""
+    if kind == "trim":
+        x, lo, hi, cut = params
+        return (x[start:stop], lo if start < int(cut) else hi)
+    if kind == "range":
+        x, lo_before, lo_after, cut_lo, hi_before, hi_after, cut_hi = params
+        return (x[start:stop], lo_before if start < int(cut_lo) else lo_after,
+                hi_before if start < int(cut_hi) else hi_after)
+    if start == 0 and stop == n:
+        return params
+    return tuple(t[start:stop] if t.dim() else t for t in params)
+
+
+def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | None = None) -> Tensor:
+    """`delta`'s elementwise value written to `out` (and |value| to `magnitudes`); returns `out`.
+    `base`: only for kind "sub". An input that is `out` itself is passed as the same tensor object
+    (an in-place update: inputs that alias otherwise may reuse a kernel compiled without aliasing)."""
+    out_flat = flat(out)
+    params = tuple(out_flat if _same(t, out) else (flat(t) if t.dim() else t) for t in delta.tensors)
+    base_flat = flat(base) if delta.kind == "sub" else None
+    key = ("stage", delta.kind, magnitudes is None, tuple(t is out_flat for t in params),
+           _signature(*(t for t in (base_flat, *params) if t is not None)))
+    calls["stage"] += 1
+    with torch.no_grad():
+        _run("stage", _stage_kernel, key, delta.kind, base_flat, params, out_flat,
+             flat(magnitudes) if magnitudes is not None else None)
+    return out
+
+
+def _same(tensor: Tensor, other: Tensor) -> bool:
+    return tensor.dim() > 0 and tensor.data_ptr() == other.data_ptr() and tensor.shape == other.shape
