@@ -105,7 +105,7 @@ def _script(name):
 def test_candidate_speed_runs_tiny_and_writes_its_block_and_json(tmp_path, monkeypatch):
     speed = _script("candidate_speed")
     doc, out = tmp_path / "benchmarks.md", tmp_path / "candidate_speed.json"
-    doc.write_text("# B\n\n<!-- candidate-speed:start -->\nold\n<!-- candidate-speed:end -->\n\n## After\nkeep me\n")
+    doc.write_text("# B\n\n<!-- candidate-speed:start -->\nSTALE BLOCK TEXT\n<!-- candidate-speed:end -->\n\n## After\nkeep me\n")
     monkeypatch.setattr(sys, "argv", ["candidate_speed.py", "--hidden", "64", "--layers", "1", "--repeats", "1",
                                       "--methods", "dare_ties,linear", "--doc", str(doc), "--json", str(out)])
     speed.main()
@@ -114,7 +114,7 @@ def test_candidate_speed_runs_tiny_and_writes_its_block_and_json(tmp_path, monke
     assert all(r["live_s"] > 0 and r["disk_s"] > 0 for r in result["rows"])
     assert result["rows"][0]["kept_mask_mib"] > 0 and result["rows"][1]["kept_mask_mib"] == 0
     text = doc.read_text()
-    assert "| dare_ties |" in text and "keep me" in text and "old" not in text
+    assert "| dare_ties |" in text and "keep me" in text and "STALE BLOCK TEXT" not in text
 
 
 def test_search_throughput_estimate_and_table_from_measured_rows(tmp_path):
