@@ -105,12 +105,12 @@ def path_recipe(hops: Sequence[PathHop], host: str, dtype: str | None = None, to
         previous = (hop.model, product, hop.layer + 1)
     recipe: dict[str, Any] = {"slices": slices, "merge_method": "passthrough", "non_layer_from": head_from or host,
                               "host": host}
-    if dtype:
-        recipe["dtype"] = dtype
-    if tokenizer_source:
-        recipe["tokenizer_source"] = tokenizer_source
-    if name:
-        recipe["name"] = name
+    return _with_options(recipe, dtype=dtype, tokenizer_source=tokenizer_source, name=name)
+
+
+def _with_options(recipe: dict[str, Any], **options: str | None) -> dict[str, Any]:
+    """The recipe with each option that is set (dtype, tokenizer_source, name) added."""
+    recipe.update({key: value for key, value in options.items() if value})
     return recipe
 
 
@@ -154,13 +154,7 @@ def mixed_recipe(hops: Sequence[PathHop], host: str, writers: dict[int, list[str
         entries.append({"model": ref, "parameters": {"weight": weight}})
     recipe: dict[str, Any] = {"models": entries, "merge_method": "linear", "parameters": {"normalize": False},
                               "host": host, "components": ["language"]}
-    if dtype:
-        recipe["dtype"] = dtype
-    if tokenizer_source:
-        recipe["tokenizer_source"] = tokenizer_source
-    if name:
-        recipe["name"] = name
-    return recipe
+    return _with_options(recipe, dtype=dtype, tokenizer_source=tokenizer_source, name=name)
 
 
 @dataclass(frozen=True)
