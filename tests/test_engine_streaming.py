@@ -182,8 +182,8 @@ def test_workers_and_shards_do_not_change_the_result(world, method, tmp_path):
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_pooled_fused_buffers_give_the_eager_serial_bits(world, method, tmp_path, monkeypatch):
-    """Workers reuse their fused-kernel slabs from tensor to tensor (and drop them before a tensor
-    larger than their share): the output is the eager, serial merge's, bit for bit."""
+    """Workers reuse their fused-kernel slabs from tensor to tensor (the large tensors first, in a pool
+    of their own, dropped before the rest): the output is the eager, serial merge's, bit for bit."""
     import vlmmerge.engine.execute as engine
     from vlmmerge.methods import fused
 
@@ -193,7 +193,7 @@ def test_pooled_fused_buffers_give_the_eager_serial_bits(world, method, tmp_path
     monkeypatch.setenv(fused.MODE_ENV, "on")
     monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
     pooled, releases = [], []
-    original_release = engine._Workspaces.release
+    original_release = engine._Workspaces.drop_large
 
     def merge_and_write(plan, tensor, planned, writer, device, workspace=None):
         if workspace is not None:
@@ -202,14 +202,14 @@ def test_pooled_fused_buffers_give_the_eager_serial_bits(world, method, tmp_path
 
     original = engine._merge_and_write
     monkeypatch.setattr(engine, "_merge_and_write", merge_and_write)
-    monkeypatch.setattr(engine._Workspaces, "release", lambda self: (releases.append(1), original_release(self)))
+    monkeypatch.setattr(engine._Workspaces, "drop_large", lambda self: (releases.append(1), original_release(self)))
     run_merge(recipe, tmp_path / "pooled", threads=2, progress=False)
     eager, fused_out = load_tensors(tmp_path / "eager"), load_tensors(tmp_path / "pooled")
     assert set(eager) == set(fused_out)
     for name in eager:
         assert torch.equal(eager[name].view(torch.int32), fused_out[name].view(torch.int32)), name
     assert len(pooled) > 10 and any("out" in roles for _, roles in pooled)  # slabs were reused
-    assert releases  # the embedding / head ran without the pools
+    assert releases  # the large tensors' pool was dropped once they were under way
 
 
 def test_tensors_merge_single_threaded_and_the_callers_thread_count_is_restored(world, tmp_path, monkeypatch):

@@ -121,3 +121,29 @@ def test_kept_task_vectors_give_the_same_bits_with_tied_magnitudes(method, coars
             fast = getattr(task_vectors, method)(base, fts, [1.0, 0.5, 0.7], densities, **extra)
         assert torch.equal(plain, fast), densities
     assert all(e.tau is not None for e in entries)
+
+
+@pytest.mark.parametrize("fused_on", [False, True])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
+def test_elementwise_vocabulary_merges_whole_then_restores_the_host_rows(world, tmp_path, monkeypatch, method, fused_on):
+    """linear / task arithmetic merge the embedding and head whole into the parameter and put the
+    host's special-token rows (the image token) back: the static merge's bits, rows included."""
+    from vlmmerge.live import _patchable_host_rows
+    from vlmmerge.methods import fused
+
+    if fused_on:
+        monkeypatch.setenv(fused.MODE_ENV, "on")
+        monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
+    live = LiveMerge([str(world["base"]), str(world["vlm"]), str(world["ft_a"])], str(world["vlm"]), load_processor=False)
+    recipe = _recipe(world, method, (0.5, 0.3), weights=(0.7, 0.45))
+    patched = {t.name: _patchable_host_rows(live.plan(recipe), t) for t in live.plan(recipe).tensors}
+    vocabulary = {name: rows for name, rows in patched.items() if rows}
+    assert vocabulary  # embed and head keep the image token's row
+    live.apply(recipe)
+    out = run_merge(recipe, tmp_path / "static", progress=False).out_dir
+    state, static = live.model.state_dict(), load_tensors(out)
+    host = load_tensors(world["vlm"])
+    for name, rows in vocabulary.items():
+        assert torch.equal(state[name], static[name]), name
+        assert torch.equal(state[name][list(rows)], host[name][list(rows)].to(state[name].dtype)), name
+        assert not torch.equal(state[name], host[name].to(state[name].dtype)), name  # the other rows merged

@@ -11,6 +11,7 @@ the same recipe; a recipe with another output dtype is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 
 from vlmmerge.engine import MergePlan, Source, plan_merge
 from vlmmerge.engine.compute import (
-    FUSED_METHODS, HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices,
+    ELEMENTWISE_METHODS, FUSED_METHODS, HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices,
     read_tensor_inputs,
 )
 from vlmmerge.errors import VlmMergeError
@@ -137,24 +138,36 @@ class LiveMerge:
             param = self._params.get(tensor.name)
             if param is None:
                 raise VlmMergeError(f"live model has no parameter {tensor.name!r}")
-            whole = plan.method.name in FUSED_METHODS and fused.enabled(tensor.numel)
-            if merges_in_slices(plan, tensor, self.device) and not whole and param.device.type == "cpu" \
-                    and param.is_contiguous():
-                # elementwise methods: cache-sized slices written straight into the parameter (same bits)
-                flat, offset = param.view(-1), 0
-                for piece in merged_slices(plan, tensor, self.device):
-                    flat[offset:offset + piece.numel()].copy_(piece)
-                    offset += piece.numel()
-                continue
-            # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place
-            direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
-                and param.is_contiguous() else None
-            with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct):
-                value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
-                                              self._generators(plan, tensor))
-            if value.data_ptr() != param.data_ptr():
-                param.copy_(value.to(device=param.device, dtype=param.dtype))
+            host_rows = _patchable_host_rows(plan, tensor)
+            if host_rows:
+                # an elementwise method's rows do not depend on each other: merge every row straight
+                # into the parameter, then put the host's special-token rows back (the same values as
+                # merging the other rows only, without gathering and scattering the large rest)
+                self._write(plan, dataclasses.replace(tensor, host_rows=()), param)
+                kept = plan.host.tensor(tensor.name)[list(host_rows)]
+                param[list(host_rows)] = kept.to(plan.compute_dtype).to(device=param.device, dtype=param.dtype)
+            else:
+                self._write(plan, tensor, param)
         self.last_apply_seconds = time.perf_counter() - start
+
+    def _write(self, plan: MergePlan, tensor, param: torch.Tensor) -> None:
+        whole = plan.method.name in FUSED_METHODS and fused.enabled(tensor.numel)
+        if merges_in_slices(plan, tensor, self.device) and not whole and param.device.type == "cpu" \
+                and param.is_contiguous():
+            # elementwise methods: cache-sized slices written straight into the parameter (same bits)
+            flat, offset = param.view(-1), 0
+            for piece in merged_slices(plan, tensor, self.device):
+                flat[offset:offset + piece.numel()].copy_(piece)
+                offset += piece.numel()
+            return
+        # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place
+        direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
+            and param.is_contiguous() else None
+        with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct):
+            value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
+                                          self._generators(plan, tensor))
+        if value.data_ptr() != param.data_ptr():
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
 
     def _generators(self, plan: MergePlan, tensor) -> list[DrawnUniforms] | None:
         """A random method's mask generators with kept draws: the uniforms `vlmmerge merge` draws
@@ -228,6 +241,16 @@ class LiveMerge:
     @property
     def host_path(self) -> Path:
         return self.sources[self.host_ref].checkpoint.path
+
+
+def _patchable_host_rows(plan: MergePlan, tensor) -> tuple[int, ...]:
+    """The host rows to restore after merging a whole vocabulary tensor with an elementwise method
+    (every model holds all of its rows); () where the rows must be gathered for the method."""
+    if plan.method.name not in ELEMENTWISE_METHODS or plan.method.random or plan.vocabulary is not None:
+        return ()
+    if not tensor.host_rows or tensor.merged_rows != (tensor.shape[0] if tensor.shape else None):
+        return ()
+    return tuple(tensor.host_rows)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,28 +116,35 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 
 class _Workspaces:
-    """One pool of fused-kernel buffers per worker thread (`fused.reusing`): a worker's next tensor
-    reuses the float32 slabs of its last one instead of faulting in fresh memory, which on CPU
-    costs more than the task-vector arithmetic. Only tensors of a typical size use them; before
-    a larger one (the embedding, the head) the pools are dropped, so the peak stays that tensor's."""
+    """Pools of fused-kernel buffers (`fused.reusing`), so that a tensor reuses the float32 slabs of
+    the one before it instead of faulting in fresh memory (on CPU that costs more than the
+    task-vector arithmetic): one pool per worker thread for tensors of a typical size, and one for
+    the large tensors (embedding, head), which run first, back to back, and drop theirs after."""
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._pools: list[dict] = []
-        self._lock = threading.Lock()
+        self._large: dict = {}
+        self._large_lock = threading.Lock()
 
     def pool(self) -> dict:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
-            with self._lock:
-                self._pools.append(pool)
         return pool
 
-    def release(self) -> None:
-        with self._lock:
-            for pool in self._pools:
-                pool.clear()  # a slab still in use by a running merge lives on until it returns
+    @contextmanager
+    def large(self) -> Iterator[dict | None]:
+        """The large tensors' pool, or None (fresh memory) while another large tensor holds it."""
+        if not self._large_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield self._large
+        finally:
+            self._large_lock.release()
+
+    def drop_large(self) -> None:
+        self._large = {}  # a merge still running on the old pool keeps its slabs until it returns
 
 
 def _merge_and_write(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor, writer: StreamingSafetensorsWriter,
@@ -167,8 +175,14 @@ def _merge_and_write(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor
         _MALLOC_TRIM(0)
 
 
-def _run_pooled(plan, tensor, planned, writer, device, workspace_of) -> None:
-    _merge_and_write(plan, tensor, planned, writer, device, workspace_of() if workspace_of is not None else None)
+def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
+    if workspaces is None:
+        _merge_and_write(plan, tensor, planned, writer, device)
+    elif large:
+        with workspaces.large() as pool:
+            _merge_and_write(plan, tensor, planned, writer, device, pool)
+    else:
+        _merge_and_write(plan, tensor, planned, writer, device, workspaces.pool())
 
 
 def execute_plan(
@@ -206,16 +220,20 @@ def execute_plan(
                 future.result()  # re-raises a worker's error here
                 bar.update()
 
-    workspaces = _Workspaces()
+    workspaces = _Workspaces() if torch.device(device).type == "cpu" else None
+    costs = [_working_set_bytes(plan, tensor) for tensor in plan.tensors]
     typical_share = budget / max(1, workers)
+    # The large tensors first (the writer places every tensor at its planned offset, so the order
+    # is free): they reuse one pool between them, dropped before the typical ones start.
+    large = [i for i, cost in enumerate(costs) if cost > typical_share]
+    order = large + [i for i, cost in enumerate(costs) if cost <= typical_share]
     try:
-        for tensor, planned in zip(plan.tensors, layout):
-            cost = _working_set_bytes(plan, tensor)
+        for position, index in enumerate(order):
+            tensor, planned, cost = plan.tensors[index], layout[index], costs[index]
             collect(lambda: len(in_flight) >= workers or used + cost > budget)
-            pooled = cost <= typical_share and torch.device(device).type == "cpu"
-            if not pooled:
-                workspaces.release()
-            job = (plan, tensor, planned, writer, device, workspaces.pool if pooled else None)
+            if workspaces is not None and position == len(large) and large:
+                workspaces.drop_large()
+            job = (plan, tensor, planned, writer, device, workspaces, position < len(large))
             in_flight[pool.submit(_run_pooled, *job)] = cost
             used += cost
         collect(lambda: True)
