@@ -168,8 +168,9 @@ def main() -> None:
         "norm rescaling add a pass that writes the masked delta and its magnitudes, summed by torch as before.",
         "`first candidate` includes reading the tensor cache, drawing the kept masks and, once per process, compiling",
         "the fused kernels (g++; with a cold inductor cache unless `--warm-compile`; methods measured later reuse",
-        "kernels an earlier one compiled). linear and slerp run eagerly. The machine was shared with other jobs",
-        "(2 cores), so every number here is noisy, the floor most of all.",
+        "kernels an earlier one compiled). linear and slerp run eagerly; linear and task arithmetic merge the embedding",
+        "and head whole and put the host's special-token rows back. On 2 cores every number here moves by ~20%",
+        "between runs, the floor and the disk round trip most of all.",
     ]
     section = "\n".join(lines)
     from vlmmerge.docblocks import replace_marked_block
