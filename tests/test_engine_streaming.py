@@ -210,6 +210,7 @@ def test_pooled_fused_buffers_give_the_eager_serial_bits(world, method, tmp_path
         assert torch.equal(eager[name].view(torch.int32), fused_out[name].view(torch.int32)), name
     assert len(pooled) > 10 and any("out" in roles for _, roles in pooled)  # slabs were reused
     assert releases  # the large tensors' pool was dropped once they were under way
+    assert ("merge", True) in fused._compiled  # the workers ran the GIL-releasing kernels
 
 
 def test_tensors_merge_single_threaded_and_the_callers_thread_count_is_restored(world, tmp_path, monkeypatch):

@@ -176,6 +176,11 @@ def _merge_and_write(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor
 
 
 def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
+    with fused.beside_other_threads():  # the workers' kernels compute at the same time
+        _run_in_pool(plan, tensor, planned, writer, device, workspaces, large)
+
+
+def _run_in_pool(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
     if workspaces is None:
         _merge_and_write(plan, tensor, planned, writer, device)
     elif large:

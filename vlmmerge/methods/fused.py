@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,11 +47,24 @@ KINDS = ("plain", "sub", "trim", "range", "dare", "dare_p", "della", "della_p")
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_compiled: dict[str, object] = {}
+_compiled: dict[tuple[str, bool], object] = {}
 _warm: set[tuple] = set()
 _broken: list[str] = []
 calls = {"merge": 0, "stage": 0}  # fused kernel calls (tests check that the fused path ran)
 _POOL: ContextVar[tuple[dict, Tensor | None] | None] = ContextVar("fused_workspace", default=None)
+_BESIDE_OTHERS: ContextVar[bool] = ContextVar("fused_beside_others", default=False)
+
+
+@contextmanager
+def beside_other_threads() -> Iterator[None]:
+    """Kernels run inside release the GIL while they compute (inductor's C++ wrapper), so that
+    several merge workers' kernels run at once; elsewhere the plain Python wrapper, cheaper per call
+    (a live candidate's ~60-170 small calls). Same generated kernels, so the same bits."""
+    token = _BESIDE_OTHERS.set(True)
+    try:
+        yield
+    finally:
+        _BESIDE_OTHERS.reset(token)
 
 
 @contextmanager
@@ -223,9 +237,14 @@ def _run(name: str, fn, key: tuple, *args):
         if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
             torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
         _pin_exact_math()
-        compiled = _compiled.get(name)
+        wrapped = _BESIDE_OTHERS.get()
+        compiled = _compiled.get((name, wrapped))
         if compiled is None:
-            compiled = _compiled.setdefault(name, torch.compile(fn, dynamic=True))
+            # the GIL-releasing variant compiles a copy of `fn` (its own code object: dynamo keeps
+            # compiled variants per code object, and its guards do not see inductor's options)
+            target, options = (_code_copy(fn), {"cpp_wrapper": True}) if wrapped else (fn, None)
+            compiled = _compiled.setdefault((name, wrapped), torch.compile(target, dynamic=True, options=options))
+        key = (*key, wrapped)
         if key in _warm:
             return compiled(*args)
         with _lock:
@@ -239,6 +258,10 @@ def _run(name: str, fn, key: tuple, *args):
             _log.warning("fused kernels off (%s: %s); merging with the eager code", type(error).__name__, error)
             _broken.append(str(error))
         return fn(*args)
+
+
+def _code_copy(fn):
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def _pin_exact_math() -> None:
