@@ -7,7 +7,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,28 +132,32 @@ class _Workspaces:
             pool = self._local.pool = {}
         return pool
 
-    @contextmanager
-    def large(self) -> Iterator[dict | None]:
-        """The large tensors' pool, or None (fresh memory) while another large tensor holds it."""
-        if not self._large_lock.acquire(blocking=False):
-            yield None
-            return
-        try:
-            yield self._large
-        finally:
-            self._large_lock.release()
-
     def drop_large(self) -> None:
         self._large = {}  # a merge still running on the old pool keeps its slabs until it returns
+
+    @contextmanager
+    def for_tensor(self, large: bool) -> Iterator[dict | None]:
+        """This worker's pool; for a large tensor the large tensors' pool, or None (fresh memory)
+        while another large tensor holds it."""
+        if not large:
+            yield self.pool()
+        elif not self._large_lock.acquire(blocking=False):
+            yield None
+        else:
+            try:
+                yield self._large
+            finally:
+                self._large_lock.release()
 
 
 def _merge_and_write(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor, writer: StreamingSafetensorsWriter,
                      device: str, workspace: dict | None = None) -> None:
-    if workspace is not None:
-        with fused.reusing(workspace):
-            _merge_and_write(plan, tensor, planned, writer, device)
-        return
+    with fused.reusing(workspace) if workspace is not None else nullcontext():
+        _merge_and_write_now(plan, tensor, planned, writer, device)
 
+
+def _merge_and_write_now(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor,
+                         writer: StreamingSafetensorsWriter, device: str) -> None:
     def check(chunk: torch.Tensor) -> None:
         if chunk.is_floating_point() and not _all_finite(chunk):
             raise MergeNumericsError(
@@ -176,18 +180,9 @@ def _merge_and_write(plan: MergePlan, tensor: TensorPlan, planned: PlannedTensor
 
 
 def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
-    with fused.beside_other_threads():  # the workers' kernels compute at the same time
-        _run_in_pool(plan, tensor, planned, writer, device, workspaces, large)
-
-
-def _run_in_pool(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
-    if workspaces is None:
-        _merge_and_write(plan, tensor, planned, writer, device)
-    elif large:
-        with workspaces.large() as pool:
-            _merge_and_write(plan, tensor, planned, writer, device, pool)
-    else:
-        _merge_and_write(plan, tensor, planned, writer, device, workspaces.pool())
+    pooled = workspaces.for_tensor(large) if workspaces is not None else nullcontext()
+    with fused.beside_other_threads(), pooled as pool:  # the workers' kernels compute at the same time
+        _merge_and_write(plan, tensor, planned, writer, device, pool)
 
 
 def execute_plan(
