@@ -144,6 +144,21 @@ def test_kill_of_the_command_line_process(recipes, tmp_path):
     assert fingerprint(out) == recipes["refs"]["new"]
 
 
+def test_the_command_line_process_writes_the_whole_folder_before_its_quick_exit(recipes, tmp_path):
+    """`python -m vlmmerge.cli merge` ends with os._exit (no interpreter teardown): its output, its
+    message and its exit status are all there first."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmmerge.cli", "merge", str(recipes["new"]), str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    assert siblings(out) == []
+    assert fingerprint(out) == recipes["refs"]["new"]
+    assert_loads(out)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 
 import pytest
 import torch
@@ -182,35 +183,75 @@ def test_workers_and_shards_do_not_change_the_result(world, method, tmp_path):
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_pooled_fused_buffers_give_the_eager_serial_bits(world, method, tmp_path, monkeypatch):
-    """Workers reuse their fused-kernel slabs from tensor to tensor (the large tensors first, in a pool
-    of their own, dropped before the rest): the output is the eager, serial merge's, bit for bit."""
+    """Workers reuse their fused-kernel slabs from tensor to tensor (the large tensors in a pool of
+    their own, dropped before the rest), merge eagerly while a thread of its own warms the kernels up,
+    and split a large tensor's kernels over the idle workers: the eager, serial merge's bits."""
     import vlmmerge.engine.execute as engine
-    from vlmmerge.methods import fused
+    from vlmmerge.methods import fused, fused_runtime
 
     recipe = _recipe(method, world)
     monkeypatch.setenv(fused.MODE_ENV, "off")
     run_merge(recipe, tmp_path / "eager", threads=1, progress=False)
     monkeypatch.setenv(fused.MODE_ENV, "on")
     monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
-    pooled, releases = [], []
-    original_release = engine._Workspaces.drop_large
+    monkeypatch.setattr(fused_runtime, "MIN_SPLIT_ELEMENTS", 64)
+    monkeypatch.setattr(fused_runtime, "SPLIT_ALIGN", 8)
+    pooled, switches, warmed, split_threads = [], [], [], set()
+    original_switch, original_warm_up, original_run = engine._Workspaces.switch_to, engine._warm_up, fused._run
 
     def merge_and_write(plan, tensor, planned, writer, device, workspace=None):
         if workspace is not None:
             pooled.append((tensor.name, sorted(workspace)))  # the roles its earlier tensors left
         return original(plan, tensor, planned, writer, device, workspace)
 
+    def run(*args):
+        if fused_runtime._SPLIT.get() is not None:
+            split_threads.add(threading.current_thread().name.split("_")[0])
+        return original_run(*args)
+
     original = engine._merge_and_write
     monkeypatch.setattr(engine, "_merge_and_write", merge_and_write)
-    monkeypatch.setattr(engine._Workspaces, "drop_large", lambda self: (releases.append(1), original_release(self)))
-    run_merge(recipe, tmp_path / "pooled", threads=2, progress=False)
-    eager, fused_out = load_tensors(tmp_path / "eager"), load_tensors(tmp_path / "pooled")
-    assert set(eager) == set(fused_out)
-    for name in eager:
-        assert torch.equal(eager[name].view(torch.int32), fused_out[name].view(torch.int32)), name
-    assert len(pooled) > 10 and any("out" in roles for _, roles in pooled)  # slabs were reused
-    assert releases  # the large tensors' pool was dropped once they were under way
+    monkeypatch.setattr(engine._Workspaces, "switch_to", lambda self, large: (switches.append(large), original_switch(self, large)))
+    monkeypatch.setattr(engine, "_warm_up", lambda plan, tensor, device: (warmed.append(tensor.name), original_warm_up(plan, tensor, device)))
+    monkeypatch.setattr(fused, "_run", run)
+    monkeypatch.setattr(fused, "_warm", set())  # as in a new process
+    eager = load_tensors(tmp_path / "eager")
+    for run_name in ("first", "again"):  # again: the kernels are warm, no warm-up, every tensor fused
+        run_merge(recipe, tmp_path / run_name, threads=2, progress=False)
+        fused_out = load_tensors(tmp_path / run_name)
+        assert set(eager) == set(fused_out)
+        for name in eager:
+            assert torch.equal(eager[name].view(torch.int32), fused_out[name].view(torch.int32)), (run_name, name)
+        assert len(warmed) == 1  # one warm-up (the first run's), on the smallest fused tensor
+    assert len(pooled) > 20 and any("out" in roles for _, roles in pooled)  # slabs were reused
+    assert True in switches and switches[-1] is False  # the large tensors' pool, dropped once they were done
+    assert split_threads == {"vlmmerge-merge", "vlmmerge-split"}  # a large tensor's kernels ran on both
     assert ("merge", True) in fused._compiled  # the workers ran the GIL-releasing kernels
+
+
+def test_other_threads_merge_eagerly_while_one_warms_the_kernels(monkeypatch):
+    from vlmmerge.methods import fused
+
+    monkeypatch.setenv(fused.MODE_ENV, "on")
+    seen = {}
+    with fused.warming_up():
+        seen["warming thread"] = fused.enabled(1 << 20)
+        other = threading.Thread(target=lambda: seen.setdefault("other thread", fused.enabled(1 << 20)))
+        other.start()
+        other.join()
+    seen["after"] = fused.enabled(1 << 20)
+    assert seen == {"warming thread": True, "other thread": False, "after": True}
+
+
+def test_a_segment_is_its_own_tensor_at_offset_zero_over_the_same_memory():
+    from vlmmerge.methods import fused
+
+    whole = torch.arange(40, dtype=torch.bfloat16)
+    part = fused.segment(whole, 8, 24)
+    assert part.storage_offset() == 0 and part.dtype == whole.dtype and torch.equal(part, whole[8:24])
+    part.fill_(-1)
+    assert (whole[8:24] == -1).all() and whole[7] == 7 and whole[24] == 24
+    assert fused.segment(whole, 0, 40) is whole
 
 
 def test_tensors_merge_single_threaded_and_the_callers_thread_count_is_restored(world, tmp_path, monkeypatch):

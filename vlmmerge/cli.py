@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _teardown_free
+    _teardown_free = bool(getattr(args, "teardown_free", False))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -72,5 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+_teardown_free = False  # the last command's result is all on disk: nothing left for exit handlers
+
+
+def run() -> None:
+    """The console script: `main`, and after a command whose result is all on disk (merge) an exit
+    that skips the interpreter's teardown: torch's and inductor's finalizers take ~2 s per process,
+    a tenth of a 1B merge. Other commands exit normally (their temporary folders, Ray)."""
+    code = main()
+    if not _teardown_free:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

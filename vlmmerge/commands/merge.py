@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recipe's `dtype`",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, teardown_free=True)  # all on disk when it returns
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,10 @@ into its place in the output shards, then write the side files; all or nothing."
 from __future__ import annotations
 
 import gc
+import logging
+import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
@@ -25,6 +28,8 @@ from vlmmerge.errors import MergeNumericsError
 from vlmmerge.methods import fused
 from vlmmerge.recipe import Recipe
 
+_log = logging.getLogger(__name__)
+WARM_UP_SWITCH_INTERVAL = 1e-4  # seconds
 
 @dataclass
 class MergeResult:
@@ -119,10 +124,12 @@ class _Workspaces:
     """Pools of fused-kernel buffers (`fused.reusing`), so that a tensor reuses the float32 slabs of
     the one before it instead of faulting in fresh memory (on CPU that costs more than the
     task-vector arithmetic): one pool per worker thread for tensors of a typical size, and one for
-    the large tensors (embedding, head), which run first, back to back, and drop theirs after."""
+    the large tensors (embedding, head), which run back to back; each kind's pools are dropped
+    when the other kind starts."""
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._typical: list[dict] = []
         self._large: dict = {}
         self._large_lock = threading.Lock()
 
@@ -130,10 +137,16 @@ class _Workspaces:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
+            self._typical.append(pool)
         return pool
 
-    def drop_large(self) -> None:
-        self._large = {}  # a merge still running on the old pool keeps its slabs until it returns
+    def switch_to(self, large: bool) -> None:
+        """Drop the other kind's pools (a merge still running on one keeps its slabs until it returns)."""
+        if large:
+            for pool in self._typical:
+                pool.clear()
+        else:
+            self._large = {}
 
     @contextmanager
     def for_tensor(self, large: bool) -> Iterator[dict | None]:
@@ -179,10 +192,51 @@ def _merge_and_write_now(plan: MergePlan, tensor: TensorPlan, planned: PlannedTe
         _MALLOC_TRIM(0)
 
 
-def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool) -> None:
+def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool,
+                helpers: tuple[ThreadPoolExecutor, int] | None = None) -> None:
     pooled = workspaces.for_tensor(large) if workspaces is not None else nullcontext()
-    with fused.beside_other_threads(), pooled as pool:  # the workers' kernels compute at the same time
+    # a large tensor runs alone: its kernels split over the idle workers' cores
+    split = fused.split_over(*helpers) if large and helpers is not None else nullcontext()
+    with fused.beside_other_threads(), pooled as pool, split:  # the workers' kernels compute at the same time
         _merge_and_write(plan, tensor, planned, writer, device, pool)
+
+
+def _warm_up_sample(plan: MergePlan, device: str) -> TensorPlan | None:
+    """The smallest merged tensor that takes the fused kernels, or None for no warm-up."""
+    if torch.device(device).type != "cpu" or fused.mode() == "off" or fused.warmed_beside_others():
+        return None  # (an earlier merge in this process warmed them: most likely the ones needed)
+    candidates = [t for t in plan.tensors if t.merged and not merges_in_slices(plan, t, device) and fused.enabled(t.numel)]
+    return min(candidates, key=lambda t: t.numel, default=None)
+
+
+def _warm_up(plan: MergePlan, tensor: TensorPlan, device: str) -> None:
+    torch.set_num_threads(1)
+    try:
+        with fused.warming_up(), fused.beside_other_threads():
+            merge_tensor(plan, tensor, device=device)  # thrown away: a worker merges and writes it later
+    except Exception as error:  # noqa: BLE001  (the worker merging this tensor meets it again and reports it)
+        _log.debug("kernel warm-up on %s failed: %s", tensor.name, error)
+
+
+@contextmanager
+def _kernels_warming(plan: MergePlan, device: str) -> Iterator[threading.Thread]:
+    """The fused kernels compile (or load) on a thread of their own while the workers' first tensors
+    merge with the eager code (`fused.warming_up`): the same bits, and the seconds of Python a
+    process's first kernels cost run beside that arithmetic instead of before it."""
+    sample = _warm_up_sample(plan, device)
+    thread = threading.Thread(target=_warm_up, args=(plan, sample, device), name="vlmmerge-warm-up", daemon=True)
+    interval = sys.getswitchinterval()
+    if sample is not None:
+        # the warm-up holds the GIL almost throughout; each eager op of a worker needs it back, and
+        # by default waits up to 5 ms for it
+        sys.setswitchinterval(min(interval, WARM_UP_SWITCH_INTERVAL))
+        thread.start()
+    try:
+        yield thread  # alive while warming up
+    finally:
+        if sample is not None:
+            thread.join()
+            sys.setswitchinterval(interval)
 
 
 def execute_plan(
@@ -210,6 +264,9 @@ def execute_plan(
     # (SLERP's angle, a norm) splits differently under load and the output changes in the last bit
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vlmmerge-merge",
                               initializer=torch.set_num_threads, initargs=(1,))
+    cpu = torch.device(device).type == "cpu"
+    helpers = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="vlmmerge-split", initializer=torch.set_num_threads,
+                                 initargs=(1,)) if cpu and workers > 1 else None
 
     def collect(block_until: Callable[[], bool]) -> None:
         nonlocal used
@@ -220,25 +277,35 @@ def execute_plan(
                 future.result()  # re-raises a worker's error here
                 bar.update()
 
-    workspaces = _Workspaces() if torch.device(device).type == "cpu" else None
+    workspaces = _Workspaces() if cpu else None
     costs = [_working_set_bytes(plan, tensor) for tensor in plan.tensors]
     typical_share = budget / max(1, workers)
-    # The large tensors first (the writer places every tensor at its planned offset, so the order
-    # is free): they reuse one pool between them, dropped before the typical ones start.
-    large = [i for i, cost in enumerate(costs) if cost > typical_share]
-    order = large + [i for i, cost in enumerate(costs) if cost <= typical_share]
+    large = deque(i for i, cost in enumerate(costs) if cost > typical_share)
+    typical = deque(i for i, cost in enumerate(costs) if cost <= typical_share)
     try:
-        for position, index in enumerate(order):
-            tensor, planned, cost = plan.tensors[index], layout[index], costs[index]
-            collect(lambda: len(in_flight) >= workers or used + cost > budget)
-            if workspaces is not None and position == len(large) and large:
-                workspaces.drop_large()
-            job = (plan, tensor, planned, writer, device, workspaces, position < len(large))
-            in_flight[pool.submit(_run_pooled, *job)] = cost
-            used += cost
-        collect(lambda: True)
+        with _kernels_warming(plan, device) as warming:
+            phase = None
+            while large or typical:
+                # While the kernels warm up, typical tensors (by the kernels' code, eagerly) on the
+                # cores the warm-up leaves; then the large tensors back to back, sharing one pool;
+                # then the rest. The writer places every tensor at its planned offset: order is free.
+                take_large = bool(large) and not (typical and warming.is_alive())
+                index = (large if take_large else typical).popleft()
+                tensor, planned, cost = plan.tensors[index], layout[index], costs[index]
+                room = max(1, workers - 1) if warming.is_alive() else workers
+                collect(lambda: len(in_flight) >= room or used + cost > budget)
+                if workspaces is not None and take_large != phase:
+                    workspaces.switch_to(take_large)
+                    phase = take_large
+                job = (plan, tensor, planned, writer, device, workspaces, take_large,
+                       (helpers, workers - 1) if helpers is not None else None)
+                in_flight[pool.submit(_run_pooled, *job)] = cost
+                used += cost
+            collect(lambda: True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if helpers is not None:
+            helpers.shutdown(wait=True)
         bar.close()
 
 

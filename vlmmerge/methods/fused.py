@@ -22,15 +22,17 @@ import os
 import shutil
 import threading
 import types
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods.fused_runtime import (  # noqa: F401  (beside_other_threads .. segment: the engine's and live's API)
+    beside_other_threads, beside_others, buffer, in_parts, reusing, segment, split_over, split_points, warming_elsewhere,
+    warming_up,
+)
 
 MODE_ENV = "VLMMERGE_FUSED"
 MIN_ELEMENTS_ENV = "VLMMERGE_FUSED_MIN_ELEMENTS"
@@ -51,50 +53,9 @@ _compiled: dict[tuple[str, bool], object] = {}
 _warm: set[tuple] = set()
 _broken: list[str] = []
 calls = {"merge": 0, "stage": 0}  # fused kernel calls (tests check that the fused path ran)
-_POOL: ContextVar[tuple[dict, Tensor | None] | None] = ContextVar("fused_workspace", default=None)
-_BESIDE_OTHERS: ContextVar[bool] = ContextVar("fused_beside_others", default=False)
-
-
-@contextmanager
-def beside_other_threads() -> Iterator[None]:
-    """Kernels run inside release the GIL while they compute (inductor's C++ wrapper), so that
-    several merge workers' kernels run at once; elsewhere the plain Python wrapper, cheaper per call
-    (a live candidate's ~60-170 small calls). Same generated kernels, so the same bits."""
-    token = _BESIDE_OTHERS.set(True)
-    try:
-        yield
-    finally:
-        _BESIDE_OTHERS.reset(token)
-
-
-@contextmanager
-def reusing(pool: dict, out: Tensor | None = None) -> Iterator[None]:
-    """Merges run inside take their buffers, the result included, from `pool` (flat float32 slabs,
-    one per role, grown to the largest tensor): a live candidate's next tensor reuses them, so no
-    fresh memory is faulted in per tensor (on CPU that costs more than the arithmetic). The result
-    is valid until the next merge inside the same pool. `out` (float32, contiguous): where a result
-    of its shape goes (a live model's parameter: no copy)."""
-    token = _POOL.set((pool, out))
-    try:
-        yield
-    finally:
-        _POOL.reset(token)
-
-
-def buffer(role: str, shape: torch.Size) -> Tensor:
-    """A float32 tensor of `shape`: a view of the active pool's slab for `role`, else fresh."""
-    active = _POOL.get()
-    if active is None:
-        return torch.empty(shape, dtype=torch.float32)
-    pool, out = active
-    if role in ("out", "full") and out is not None and out.shape == shape:
-        return out
-    numel = shape.numel()
-    slab = pool.get(role)
-    if slab is None or slab.numel() < numel:
-        with torch.inference_mode(False):  # a normal tensor, as a parameter is: one kernel variant for both
-            slab = pool[role] = torch.empty(numel, dtype=torch.float32)
-    return slab[:numel].view(shape)
+def warmed_beside_others() -> bool:
+    """Whether this process has run any GIL-releasing kernel (a static merge's) yet."""
+    return any(key[-1] for key in _warm)
 
 
 @dataclass(frozen=True)
@@ -125,6 +86,8 @@ def enabled(numel: int) -> bool:
     current = mode()
     if current == "off" or (current == "auto" and (_broken or not _compiler_found())):
         return False
+    if warming_elsewhere():
+        return False  # another thread is compiling the kernels: the eager code meanwhile
     return numel >= max(min_elements(), 2)
 
 
@@ -237,7 +200,7 @@ def _run(name: str, fn, key: tuple, *args):
         if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
             torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
         _pin_exact_math()
-        wrapped = _BESIDE_OTHERS.get()
+        wrapped = beside_others()
         compiled = _compiled.get((name, wrapped))
         if compiled is None:
             # the GIL-releasing variant compiles a copy of `fn` (its own code object: dynamo keeps
@@ -291,14 +254,22 @@ def merge(base_in: Tensor, deltas: Sequence[Delta], weights: Tensor, consensus: 
     params = [tuple(flat(t) if t.dim() else t for t in d.tensors) for d in deltas]
     kinds = tuple(d.kind for d in deltas)
     ws = [weights[i] for i in range(len(deltas))]
-    bounds = [0, *cuts, n]
+    splits = split_points(n)
+    bounds = sorted({0, *cuts, *splits, n})
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(len(splits) + 1)]
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        piece = [_piece(k, p, start, stop, n) for k, p in zip(kinds, params)]
-        key = ("merge", kinds, consensus, normalize, base_in.dtype, _signature(*(t for p in piece for t in p)))
-        calls["merge"] += 1
-        with torch.no_grad():
-            _run("merge", _merge_kernel, key, flat_out[start:stop], flat_base[start:stop], kinds, piece, ws,
-                 consensus, normalize, scalar(divisor), scalar(lambda_))
+        groups[sum(start >= point for point in splits)].append((start, stop))
+
+    def run_segments(segments: list[tuple[int, int]]) -> None:
+        for start, stop in segments:
+            piece = [_piece(k, p, start, stop, n) for k, p in zip(kinds, params)]
+            key = ("merge", kinds, consensus, normalize, base_in.dtype, _signature(*(t for p in piece for t in p)))
+            calls["merge"] += 1
+            with torch.no_grad():
+                _run("merge", _merge_kernel, key, segment(flat_out, start, stop), segment(flat_base, start, stop), kinds, piece, ws,
+                     consensus, normalize, scalar(divisor), scalar(lambda_))
+
+    in_parts([functools.partial(run_segments, group) for group in groups])
     return out
 
 
@@ -309,14 +280,14 @@ def _piece(kind: str, params: tuple, start: int, stop: int, n: int) -> tuple:
     """A Delta's kernel inputs for the flat segment [start, stop) (which lies on one side of every cut)."""
     if kind == "trim":
         x, lo, hi, cut = params
-        return (x[start:stop], lo if start < int(cut) else hi)
+        return (segment(x, start, stop), lo if start < int(cut) else hi)
     if kind == "range":
         x, lo_before, lo_after, cut_lo, hi_before, hi_after, cut_hi = params
-        return (x[start:stop], lo_before if start < int(cut_lo) else lo_after,
+        return (segment(x, start, stop), lo_before if start < int(cut_lo) else lo_after,
                 hi_before if start < int(cut_hi) else hi_after)
     if start == 0 and stop == n:
         return params
-    return tuple(t[start:stop] if t.dim() else t for t in params)
+    return tuple(segment(t, start, stop) if t.dim() else t for t in params)
 
 
 def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | None = None) -> Tensor:
@@ -326,12 +297,26 @@ def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | N
     out_flat = flat(out)
     params = tuple(out_flat if _same(t, out) else (flat(t) if t.dim() else t) for t in delta.tensors)
     base_flat = flat(base) if delta.kind == "sub" else None
+    magnitudes_flat = flat(magnitudes) if magnitudes is not None else None
     key = ("stage", delta.kind, magnitudes is None, tuple(t is out_flat for t in params),
            _signature(*(t for t in (base_flat, *params) if t is not None)))
-    calls["stage"] += 1
-    with torch.no_grad():
-        _run("stage", _stage_kernel, key, delta.kind, base_flat, params, out_flat,
-             flat(magnitudes) if magnitudes is not None else None)
+    n = out_flat.numel()
+    splits = [] if delta.kind in _CUTS else split_points(n)
+
+    def run_range(start: int, stop: int) -> None:
+        def part(t: Tensor | None, whole_out: Tensor) -> Tensor | None:
+            if t is None or not t.dim() or (start == 0 and stop == n):
+                return t
+            return whole_out if t is out_flat else segment(t, start, stop)
+
+        out_part = segment(out_flat, start, stop)
+        calls["stage"] += 1
+        with torch.no_grad():
+            _run("stage", _stage_kernel, key, delta.kind, part(base_flat, out_part),
+                 tuple(part(t, out_part) for t in params), out_part, part(magnitudes_flat, out_part))
+
+    bounds = [0, *splits, n]
+    in_parts([functools.partial(run_range, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
     return out
 
 
