@@ -52,7 +52,7 @@ def markdown(bench: Benchmark) -> str:
         "",
         f"Checkpoints: three Mistral-shaped bf16 models, {bench.parameters / 1e9:.2f}B parameters "
         f"({bench.checkpoint_gb} GB) each. {bench.repeats} repeat(s); medians shown, every run's wall "
-        "time in brackets. Load average (1 min) during the runs: "
+        "time in brackets; each run starts after `os.sync()` and 3 s of rest. Load average (1 min) during the runs: "
         f"{min(loads):.1f} to {max(loads):.1f} on {m['cores']} cores (the benchmark's own processes included).",
         "",
         f"Command: `{bench.command}`",

@@ -159,12 +159,20 @@ def output_dir(work: Path, tool: str, method: str) -> Path:
     return work / f"out-{tool}-{method}"
 
 
+def settle(seconds: float = 3.0) -> None:
+    """Flush what earlier runs wrote (and freed) before the next is timed: on a small VM the kernel's
+    writeback of one tool's 2 GB output otherwise lands in whichever run comes next."""
+    os.sync()
+    time.sleep(seconds)
+
+
 def run_once(tool: str, method: str, repeat: int, paths: dict[str, Path], work: Path, log=print, keep: bool = False) -> Run:
     recipe = work / f"{method}.yaml"
     if tool != "floor":
         recipe.write_text(yaml.safe_dump(recipe_for(method, paths), sort_keys=False))
     out = output_dir(work, tool, method)
     shutil.rmtree(out, ignore_errors=True)
+    settle()
     load_before = os.getloadavg()[0]
     wall, rss, code, tail = measure(commands(tool, recipe, out, paths), work / f"{tool}-{method}-{repeat}.log", child_env())
     load_after = os.getloadavg()[0]

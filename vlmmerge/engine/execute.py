@@ -31,6 +31,7 @@ from vlmmerge.recipe import Recipe
 _log = logging.getLogger(__name__)
 WARM_UP_SWITCH_INTERVAL = 1e-4  # seconds
 
+
 @dataclass
 class MergeResult:
     out_dir: Path
