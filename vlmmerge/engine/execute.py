@@ -202,10 +202,11 @@ def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces |
         _merge_and_write(plan, tensor, planned, writer, device, pool)
 
 
-def _warm_up_sample(plan: MergePlan, device: str) -> TensorPlan | None:
-    """The smallest merged tensor that takes the fused kernels, or None for no warm-up."""
-    if torch.device(device).type != "cpu" or fused.mode() == "off" or fused.warmed_beside_others():
-        return None  # (an earlier merge in this process warmed them: most likely the ones needed)
+def _warm_up_sample(plan: MergePlan, device: str, workers: int) -> TensorPlan | None:
+    """The smallest merged tensor that takes the fused kernels, or None for no warm-up (one worker
+    asked for: no thread beside it; an earlier merge in this process warmed the kernels up)."""
+    if workers < 2 or torch.device(device).type != "cpu" or fused.mode() == "off" or fused.warmed_beside_others():
+        return None
     candidates = [t for t in plan.tensors if t.merged and not merges_in_slices(plan, t, device) and fused.enabled(t.numel)]
     return min(candidates, key=lambda t: t.numel, default=None)
 
@@ -220,11 +221,11 @@ def _warm_up(plan: MergePlan, tensor: TensorPlan, device: str) -> None:
 
 
 @contextmanager
-def _kernels_warming(plan: MergePlan, device: str) -> Iterator[threading.Thread]:
+def _kernels_warming(plan: MergePlan, device: str, workers: int) -> Iterator[threading.Thread]:
     """The fused kernels compile (or load) on a thread of their own while the workers' first tensors
     merge with the eager code (`fused.warming_up`): the same bits, and the seconds of Python a
     process's first kernels cost run beside that arithmetic instead of before it."""
-    sample = _warm_up_sample(plan, device)
+    sample = _warm_up_sample(plan, device, workers)
     thread = threading.Thread(target=_warm_up, args=(plan, sample, device), name="vlmmerge-warm-up", daemon=True)
     interval = sys.getswitchinterval()
     if sample is not None:
@@ -284,7 +285,7 @@ def execute_plan(
     large = deque(i for i, cost in enumerate(costs) if cost > typical_share)
     typical = deque(i for i, cost in enumerate(costs) if cost <= typical_share)
     try:
-        with _kernels_warming(plan, device) as warming:
+        with _kernels_warming(plan, device, workers) as warming:
             phase = None
             while large or typical:
                 # While the kernels warm up, typical tensors (by the kernels' code, eagerly) on the
@@ -293,7 +294,7 @@ def execute_plan(
                 take_large = bool(large) and not (typical and warming.is_alive())
                 index = (large if take_large else typical).popleft()
                 tensor, planned, cost = plan.tensors[index], layout[index], costs[index]
-                room = max(1, workers - 1) if warming.is_alive() else workers
+                room = workers - 1 if warming.is_alive() else workers  # the warm-up takes a core
                 collect(lambda: len(in_flight) >= room or used + cost > budget)
                 if workspaces is not None and take_large != phase:
                     workspaces.switch_to(take_large)
