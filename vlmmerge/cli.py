@@ -43,6 +43,9 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
+_teardown_free = False  # the last command's result is all on disk: nothing left for exit handlers
+
+
 def main(argv: list[str] | None = None) -> int:
     # Back torch's large CPU allocations with transparent huge pages where the kernel allows them
     # on request: a merge allocates and frees many tensors of tens to hundreds of MB, and
@@ -73,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-
-
-_teardown_free = False  # the last command's result is all on disk: nothing left for exit handlers
 
 
 def run() -> None:

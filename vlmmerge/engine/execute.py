@@ -269,6 +269,7 @@ def execute_plan(
     cpu = torch.device(device).type == "cpu"
     helpers = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="vlmmerge-split", initializer=torch.set_num_threads,
                                  initargs=(1,)) if cpu and workers > 1 else None
+    split = (helpers, workers - 1) if helpers is not None else None
 
     def collect(block_until: Callable[[], bool]) -> None:
         nonlocal used
@@ -299,8 +300,7 @@ def execute_plan(
                 if workspaces is not None and take_large != phase:
                     workspaces.switch_to(take_large)
                     phase = take_large
-                job = (plan, tensor, planned, writer, device, workspaces, take_large,
-                       (helpers, workers - 1) if helpers is not None else None)
+                job = (plan, tensor, planned, writer, device, workspaces, take_large, split)
                 in_flight[pool.submit(_run_pooled, *job)] = cost
                 used += cost
             collect(lambda: True)

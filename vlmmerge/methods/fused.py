@@ -304,16 +304,17 @@ def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | N
     splits = [] if delta.kind in _CUTS else split_points(n)
 
     def run_range(start: int, stop: int) -> None:
-        def part(t: Tensor | None, whole_out: Tensor) -> Tensor | None:
-            if t is None or not t.dim() or (start == 0 and stop == n):
-                return t
-            return whole_out if t is out_flat else segment(t, start, stop)
-
         out_part = segment(out_flat, start, stop)
+
+        def part(t: Tensor | None) -> Tensor | None:  # an input that is `out` stays the same object as it
+            if t is None or not t.dim():
+                return t
+            return out_part if t is out_flat else segment(t, start, stop)
+
         calls["stage"] += 1
         with torch.no_grad():
-            _run("stage", _stage_kernel, key, delta.kind, part(base_flat, out_part),
-                 tuple(part(t, out_part) for t in params), out_part, part(magnitudes_flat, out_part))
+            _run("stage", _stage_kernel, key, delta.kind, part(base_flat), tuple(part(t) for t in params),
+                 out_part, part(magnitudes_flat))
 
     bounds = [0, *splits, n]
     in_parts([functools.partial(run_range, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
