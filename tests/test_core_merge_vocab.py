@@ -137,3 +137,30 @@ def test_tied_host_says_it_drops_an_untied_members_head(mistral3, tmp_path, caps
     recipe_path = write_recipe(tmp_path / "r.yaml", recipe)
     assert cli_main(["merge", str(recipe_path), str(tmp_path / "cli"), "--quiet"]) == 0
     assert f"note: {dropped[0]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("merged_rows", "host_rows"), [
+    (10, ()), (10, (0,)), (10, (9,)), (10, (3, 4, 7)), (8, (2, 5)), (8, (0, 1, 2, 3, 4, 5, 6, 7)), (7, (1, 6)),
+])
+def test_placed_rows_are_the_host_rows_and_the_merged_rows_in_order(merged_rows, host_rows):
+    """`place_rows` (each row written once) against the host copy + index_copy_ of the method's rows."""
+    from vlmmerge.engine.compute import place_rows
+    from vlmmerge.engine.plan import TensorPlan
+
+    host = torch.arange(12 * 3, dtype=torch.bfloat16).reshape(12, 3)
+    plan = TensorPlan(name="embed", shape=(12, 3), dtype=torch.bfloat16, component="embeddings",
+                      merged_rows=merged_rows, host_rows=host_rows)
+    rows = plan.method_rows()
+    count = len(range(merged_rows)[rows]) if isinstance(rows, slice) else rows.numel()
+    merged = -1.0 - torch.arange(count * 3, dtype=torch.float32).reshape(count, 3)
+    expected = host.to(torch.float32)
+    if isinstance(rows, slice):
+        expected[rows] = merged
+    else:
+        expected.index_copy_(0, rows, merged)
+    full = torch.full((12, 3), float("nan"))
+    place_rows(full, merged, host, merged_rows, host_rows)
+    assert torch.equal(full, expected)
+    with pytest.raises(ValueError, match="merged rows"):
+        place_rows(full, merged[1:], host, merged_rows, host_rows) if count else place_rows(
+            full, torch.zeros(1, 3), host, merged_rows, host_rows)

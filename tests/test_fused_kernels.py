@@ -62,6 +62,8 @@ CASES = {
     "dare_ties": (lambda b, f, generator: task_vectors.dare_ties(b, f, W, [0.6, 0.3], generator=generator), True),
     "dare_linear_probability": (lambda b, f, generator: task_vectors.dare_linear(
         b, f, W, [0.6, 0.3], generator=generator, rescale_norm="probability"), True),
+    "dare_linear_linf": (lambda b, f, generator: task_vectors.dare_linear(
+        b, f, W, [0.6, 0.3], generator=generator, rescale_norm="linf"), True),
     "breadcrumbs_ties": (lambda b, f: task_vectors.breadcrumbs_ties(b, f, W, [0.6, 0.5], gammas=[0.05, 0.02]), False),
     "della": (lambda b, f, generator: task_vectors.della(b, f, W, [0.5, 0.4], epsilons=[0.1, 0.2], generator=generator), True),
     "della_linear_probability": (lambda b, f, generator: task_vectors.della_linear(
@@ -70,7 +72,7 @@ CASES = {
 
 
 # each case compiles a kernel variant or two (~1-3 s cold): variants that differ only in a flag run once
-ONLY_KEPT = {"task_arithmetic_norm", "ties_density_1"}
+ONLY_KEPT = {"task_arithmetic_norm", "ties_density_1", "dare_linear_linf"}
 PARAMS = [pytest.param(name, live, id=f"{name}-{'kept' if live else 'static'}")
           for name in sorted(CASES) for live in (False, True) if live or name not in ONLY_KEPT]
 
@@ -86,6 +88,23 @@ def test_fused_equals_eager_bitwise(monkeypatch, name, live):
     assert fused.calls["merge"] > before
     assert got.dtype == expected.dtype and got.shape == expected.shape
     assert torch.equal(_bits(got), _bits(expected)), f"{name}: {(got != expected).sum()} elements differ"
+
+
+@pytest.mark.parametrize("name", ["dare_ties", "della", "dare_linear_linf"])
+def test_kept_inputs_stage_only_the_kept_norm_and_rescale_in_the_kernel(monkeypatch, name):
+    """With a kept task vector and kept uniforms, an L1 / Linf rescale writes only |kept| (out=None)
+    and the merge kernel applies the factor (`<kind>_scaled`); the eager bits all the same."""
+    fn, _ = CASES[name]
+    base, tunes = _inputs(torch.float32, seed=3)
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, True)
+    staged, kinds = [], []
+    real_stage, real_merge = fused.stage, fused.merge
+    monkeypatch.setattr(fused, "stage", lambda delta, b, out, m=None: staged.append(out is None) or real_stage(delta, b, out, m))
+    monkeypatch.setattr(fused, "merge", lambda b, deltas, *a: kinds.append([d.kind for d in deltas]) or real_merge(b, deltas, *a))
+    got = _run(monkeypatch, "on", fn, base, tunes, True, True)
+    assert torch.equal(_bits(got), _bits(expected)), f"{name}: {(got != expected).sum()} elements differ"
+    assert staged and all(staged)  # no masked delta was written: the norm's magnitudes only
+    assert kinds[-1] == [name.split("_")[0] + "_scaled"] * 2
 
 
 def test_fused_ties_float32_and_three_models(monkeypatch):

@@ -112,17 +112,35 @@ def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInp
     if inputs.host_value is not None:
         # Rows past the shared vocabulary and the host's special-token rows stay the host's.
         full = fused.buffer("full", inputs.host_value.shape) if merged.dtype == torch.float32 else None
-        if full is not None and full.data_ptr() != merged.data_ptr():
-            full.copy_(inputs.host_value)  # a live candidate's reused buffer (`fused.reusing`), else fresh
-        else:
-            full = inputs.host_value.to(merged.dtype, copy=True)
-        rows = tensor.method_rows()
-        if isinstance(rows, slice):
-            full[rows] = merged
-        else:
-            full.index_copy_(0, rows, merged)
+        if full is None or full.data_ptr() == merged.data_ptr():
+            full = torch.empty(inputs.host_value.shape, dtype=merged.dtype)
+        # a live candidate's reused buffer (`fused.reusing`) or a fresh one: each row written once
+        place_rows(full, merged, inputs.host_value, tensor.merged_rows, tensor.host_rows)
         merged = full
     return merged
+
+
+def place_rows(full: torch.Tensor, merged: torch.Tensor, host_value: torch.Tensor, merged_rows: int,
+               host_rows: Sequence[int]) -> None:
+    """`full` = the host's rows at `host_rows` and from `merged_rows` on, the merged rows (the
+    method's rows, `TensorPlan.method_rows`, in order) everywhere else: each run of merged rows
+    between host rows is one contiguous copy."""
+    kept = sorted(set(host_rows))
+    inside = [row for row in kept if row < merged_rows]
+    if merged.shape[0] != merged_rows - len(inside):
+        raise ValueError(f"{merged.shape[0]} merged rows for {merged_rows - len(inside)} places "
+                         f"({merged_rows} rows, host rows {kept})")
+    start, taken = 0, 0
+    for stop in [*inside, merged_rows]:
+        if stop > start:
+            full[start:stop] = merged[taken:taken + stop - start]
+            taken += stop - start
+        start = stop + 1
+    if kept:
+        index = torch.tensor(kept, dtype=torch.long)
+        full.index_copy_(0, index, host_value.index_select(0, index).to(full.dtype))
+    if merged_rows < full.shape[0]:
+        full[merged_rows:] = host_value[merged_rows:]
 
 
 def mask_generators_for(plan: MergePlan, tensor: TensorPlan) -> list[torch.Generator]:

@@ -40,12 +40,13 @@ DEFAULT_MIN_ELEMENTS = 1 << 16
 # Delta kinds: plain (x * ratio: a delta already sparsified, ratio its rescale factor), sub
 # (finetuned - base), trim (TIES cut: |x| <= lo before flat index `cut`, <= hi from there, -> 0),
 # range (breadcrumbs: keep lo <= |x| <= hi, each bound switching at its own flat index),
-# dare / dare_p (x * (u < density) [/ density]), della / della_p (keep probability from rank fractions).
+# dare / dare_p (x * (u < density) [/ density]), della / della_p (keep probability from rank fractions),
+# dare_scaled / della_scaled (dare / della, then * ratio: a rescaled keep whose norm was staged apart).
 RECOMPILE_LIMIT = 64
 # inductor's defaults, pinned whatever the environment says: no FP contraction, no unsafe math
 # (its C++ flags still include -fno-signed-zeros: the -0.0 cases are in tests/test_fused_kernels.py)
 _EXACT_MATH = {"cpp.enable_floating_point_contract_flag": "off", "cpp.enable_unsafe_math_opt_flag": False}
-KINDS = ("plain", "sub", "trim", "range", "dare", "dare_p", "della", "della_p")
+KINDS = ("plain", "sub", "trim", "range", "dare", "dare_p", "dare_scaled", "della", "della_p", "della_scaled")
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -130,12 +131,16 @@ def _delta(kind: str, base: Tensor, p: tuple[Tensor, ...]) -> Tensor:
     if kind == "range":  # breadcrumbs: keep lo <= |x| <= hi
         magnitude = x.abs()
         return x * ((magnitude >= p[1]) & (magnitude <= p[2])).to(torch.float32)
-    if kind in ("dare", "dare_p"):
+    if kind in ("dare", "dare_p", "dare_scaled"):
         kept = x * (p[1] < p[2]).to(torch.float32)
+        if kind == "dare_scaled":
+            return kept * p[3]
         return kept / p[2] if kind == "dare_p" else kept
     # della: probabilities = rank_fractions * 2 * epsilon + (density - epsilon)
     probabilities = p[2] * 2.0 * p[3] + p[4]
     kept = x * (p[1] < probabilities).to(torch.float32)
+    if kind == "della_scaled":
+        return kept * p[5]
     return kept / probabilities if kind == "della_p" else kept
 
 
@@ -182,9 +187,10 @@ def _merged(base_in: Tensor, kinds: tuple[str, ...], params: list, weights: list
     return base_in.to(torch.float32) + merged * lambda_
 
 
-def _stage_kernel(kind: str, base: Tensor, params: tuple, out: Tensor, magnitudes: Tensor | None) -> None:
+def _stage_kernel(kind: str, base: Tensor, params: tuple, out: Tensor | None, magnitudes: Tensor | None) -> None:
     value = _delta(kind, base, params)
-    out.copy_(value)
+    if out is not None:
+        out.copy_(value)
     if magnitudes is not None:
         magnitudes.copy_(value.abs())
 
@@ -290,26 +296,28 @@ def _piece(kind: str, params: tuple, start: int, stop: int, n: int) -> tuple:
     return tuple(segment(t, start, stop) if t.dim() else t for t in params)
 
 
-def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | None = None) -> Tensor:
-    """`delta`'s elementwise value written to `out` (and |value| to `magnitudes`); returns `out`.
-    `base`: only for kind "sub". An input that is `out` itself is passed as the same tensor object
-    (an in-place update: inputs that alias otherwise may reuse a kernel compiled without aliasing)."""
-    out_flat = flat(out)
-    params = tuple(out_flat if _same(t, out) else (flat(t) if t.dim() else t) for t in delta.tensors)
+def stage(delta: Delta, base: Tensor | None, out: Tensor | None, magnitudes: Tensor | None = None) -> Tensor:
+    """`delta`'s elementwise value written to `out` (and |value| to `magnitudes`); returns `out`
+    (`magnitudes` when `out` is None: only |value| is written). `base`: only for kind "sub". An input
+    that is `out` itself is passed as the same tensor object (an in-place update: inputs that alias
+    otherwise may reuse a kernel compiled without aliasing)."""
+    out_flat = flat(out) if out is not None else None
+    params = tuple(out_flat if out is not None and _same(t, out) else (flat(t) if t.dim() else t)
+                   for t in delta.tensors)
     base_flat = flat(base) if delta.kind == "sub" else None
     magnitudes_flat = flat(magnitudes) if magnitudes is not None else None
-    key = ("stage", delta.kind, magnitudes is None, tuple(t is out_flat for t in params),
+    key = ("stage", delta.kind, magnitudes is None, out is None, tuple(t is out_flat for t in params),
            _signature(*(t for t in (base_flat, *params) if t is not None)))
-    n = out_flat.numel()
+    n = (out_flat if out_flat is not None else magnitudes_flat).numel()
     splits = [] if delta.kind in _CUTS else split_points(n)
 
     def run_range(start: int, stop: int) -> None:
-        out_part = segment(out_flat, start, stop)
+        out_part = segment(out_flat, start, stop) if out_flat is not None else None
 
         def part(t: Tensor | None) -> Tensor | None:  # an input that is `out` stays the same object as it
             if t is None or not t.dim():
                 return t
-            return out_part if t is out_flat else segment(t, start, stop)
+            return out_part if out_part is not None and t is out_flat else segment(t, start, stop)
 
         calls["stage"] += 1
         with torch.no_grad():
@@ -318,7 +326,7 @@ def stage(delta: Delta, base: Tensor | None, out: Tensor, magnitudes: Tensor | N
 
     bounds = [0, *splits, n]
     in_parts([functools.partial(run_range, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
-    return out
+    return out if out is not None else magnitudes
 
 
 def _same(tensor: Tensor, other: Tensor) -> bool:

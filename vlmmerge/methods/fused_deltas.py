@@ -125,8 +125,19 @@ def _uniforms(shape: torch.Size, generator, device, scratch: Tensor) -> Tensor:
 
 def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | None, out: Tensor,
               scratch: Tensor, scratch_free: bool) -> Delta:
-    """The kept entries written to `out`, then the rescale factor `sparsify.rescale_to_norm` applies."""
+    """The rescaled keep: `delta`'s kept entries times the factor `sparsify.rescale_to_norm` applies.
+
+    When the kept entries' L1 / Linf norm can be staged in `scratch` and `delta` does not read
+    `out` (a kept task vector: live candidates), only |kept| is written there and the kernel
+    recomputes the keep and applies the factor (`<kind>_scaled`: x * mask * ratio, the eager
+    `mul(delta, keep).mul_(ratio)`, same bits); else the kept entries are written to `out` first."""
     wants_magnitudes = scratch_free and rescale_norm in ("l1", "linf") and scratch.numel() > 0
+    if wants_magnitudes and delta.kind in _SCALED and not any(fused._same(t, out) for t in delta.tensors):
+        magnitudes = fused.stage(delta, base, None, scratch)
+        after = magnitudes.sum() if rescale_norm == "l1" else magnitudes.max()
+        if before < RESCALE_EPS or after < RESCALE_EPS:
+            return delta
+        return Delta(_SCALED[delta.kind], (*delta.tensors, fused.scalar(before / after)))
     fused.stage(delta, base, out, scratch if wants_magnitudes else None)
     if wants_magnitudes:
         after = scratch.sum() if rescale_norm == "l1" else scratch.max()
@@ -135,6 +146,9 @@ def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | No
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return plain(out)
     return plain(out, before / after)
+
+
+_SCALED = {"dare": "dare_scaled", "della": "della_scaled"}
 
 
 def dare_delta(delta: Tensor, density: float, generator, rescale_norm: str | None, scratch: Tensor, out: Tensor,
