@@ -147,3 +147,27 @@ def test_elementwise_vocabulary_merges_whole_then_restores_the_host_rows(world, 
         assert torch.equal(state[name], static[name]), name
         assert torch.equal(state[name][list(rows)], host[name][list(rows)].to(state[name].dtype)), name
         assert not torch.equal(state[name], host[name].to(state[name].dtype)), name  # the other rows merged
+
+
+def test_live_slerp_keeps_the_angle_inputs_and_writes_the_static_merge(world, tmp_path, monkeypatch):
+    """SLERP's norms and dot product are computed once per tensor (only t changes between
+    candidates); every candidate is still the static merge's bits, vocabulary rows included."""
+    from vlmmerge.methods import interpolation
+
+    live = LiveMerge([str(world["base"]), str(world["vlm"])], str(world["vlm"]), load_processor=False)
+    computed = []
+    real = interpolation._angle_inputs
+    monkeypatch.setattr(interpolation, "_angle_inputs", lambda a, b: computed.append(a.numel()) or real(a, b))
+    for number, t in enumerate((0.3, 0.65, 0.3)):
+        recipe = load_recipe({"merge_method": "slerp", "base_model": str(world["base"]), "dtype": "float32",
+                              "models": [{"model": str(world["vlm"])}], "parameters": {"t": t}})
+        live.apply(recipe)
+        if number == 0:
+            first = len(computed)
+            assert first > 0
+        out = run_merge(recipe, tmp_path / f"slerp-{number}", progress=False).out_dir
+        state = live.model.state_dict()
+        for name, value in load_tensors(out).items():
+            assert torch.equal(state[name], value), (number, name)
+    static_calls = first  # each static merge computes them afresh, once per tensor
+    assert len(computed) == first + 3 * static_calls  # the live candidates after the first: none

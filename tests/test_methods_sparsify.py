@@ -186,3 +186,15 @@ def test_della_empirical_keep_rates_follow_rank():
 def test_della_epsilon_domain_error_names_epsilon():
     with pytest.raises(RecipeError, match="epsilon"):
         della_sparsify(torch.randn(10), 0.9, 0.15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_negligible_norm_is_torchs_comparison_with_the_threshold(dtype):
+    from vlmmerge.methods.sparsify import RESCALE_EPS, negligible
+
+    eps = torch.tensor(RESCALE_EPS, dtype=dtype)
+    around = [eps, torch.nextafter(eps, torch.zeros_like(eps)), torch.nextafter(eps, torch.ones_like(eps)),
+              torch.tensor(RESCALE_EPS * 0.999999, dtype=torch.float64).to(dtype), torch.zeros((), dtype=dtype),
+              torch.tensor(float("nan"), dtype=dtype), torch.tensor(3.0, dtype=dtype)]
+    for value in around:
+        assert negligible(value) == bool(value < RESCALE_EPS), (dtype, float(value))

@@ -33,9 +33,15 @@ from vlmmerge.recipe import Recipe
 
 MASK_CACHE_BYTES = 4 * 1024**3
 KEPT_CACHE_BYTES = 8 * 1024**3
-# Task-vector methods whose kernels use kept task vectors (`methods.kept`): tau, sorted |tau|, DELLA ranks.
+# Methods whose kernels use kept values (`methods.kept`): tau, sorted |tau|, DELLA ranks; SLERP's angle inputs.
 KEPT_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
-                          "task_arithmetic"})
+                          "task_arithmetic", "slerp"})
+_KEPT_BYTES_PER_ELEMENT = {"slerp": 0}  # what a kept entry may hold per element and model (else tau + sorted |tau|)
+
+
+def keeps_task_vectors(method: str) -> bool:
+    """Whether a live merge of `method` keeps per-element values (task vectors) of its inputs."""
+    return method in KEPT_METHODS and _KEPT_BYTES_PER_ELEMENT.get(method, 8) > 0
 
 
 class CachedSource(Source):
@@ -190,7 +196,8 @@ class LiveMerge:
         rows = (tensor.merged_rows, tuple(sorted(tensor.host_rows or ())))  # what `method_rows` selects
         keys = [(tensor.name, tensor.lm_name, rows, plan.base.ref, member.source.ref, plan.compute_dtype)
                 for member in plan.members]
-        new = sum(k not in self._task_vectors for k in keys) * tensor.numel * 8
+        new = sum(k not in self._task_vectors for k in keys) * tensor.numel \
+            * _KEPT_BYTES_PER_ELEMENT.get(plan.method.name, 8)
         if new and self._task_vector_bytes + new > self.kept_cache_bytes:
             return None
         self._task_vector_bytes += new

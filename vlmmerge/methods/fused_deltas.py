@@ -17,7 +17,7 @@ from vlmmerge.methods import fused
 from vlmmerge.methods.fused import Delta
 from vlmmerge.methods.kept import KeptTaskVector, count_above, count_below
 from vlmmerge.methods.masks import DrawnUniforms, draw_uniforms
-from vlmmerge.methods.sparsify import RESCALE_EPS, _before_norm, _norm_of, _select, value_at_rank
+from vlmmerge.methods.sparsify import _before_norm, _norm_of, _select, negligible, value_at_rank
 
 _ONE = torch.ones((), dtype=torch.float32)
 _SCAN_CHUNK = 1 << 20
@@ -135,7 +135,7 @@ def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | No
     if wants_magnitudes and delta.kind in _SCALED and not any(fused._same(t, out) for t in delta.tensors):
         magnitudes = fused.stage(delta, base, None, scratch)
         after = magnitudes.sum() if rescale_norm == "l1" else magnitudes.max()
-        if before < RESCALE_EPS or after < RESCALE_EPS:
+        if negligible(before) or negligible(after):
             return delta
         return Delta(_SCALED[delta.kind], (*delta.tensors, fused.scalar(before / after)))
     fused.stage(delta, base, out, scratch if wants_magnitudes else None)
@@ -143,7 +143,7 @@ def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | No
         after = scratch.sum() if rescale_norm == "l1" else scratch.max()
     else:
         after = _norm_of(out, rescale_norm, scratch)
-    if before < RESCALE_EPS or after < RESCALE_EPS:
+    if negligible(before) or negligible(after):
         return plain(out)
     return plain(out, before / after)
 

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
+from vlmmerge.methods import fused
+from vlmmerge.methods.kept import KeptTaskVector
 from vlmmerge.methods.task_vectors import work_dtype
 
 
@@ -35,12 +37,15 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     return merged
 
 
-def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: float = 0.9995) -> Tensor:
+def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: float = 0.9995,
+          kept: KeptTaskVector | None = None) -> Tensor:
     """Spherical interpolation from `a` (t = 0) to `b` (t = 1) over the flattened tensors.
 
     The angle comes from the normalized vectors (a norm <= eps counts as 1); the unnormalized
     tensors are combined with sin((1-t) theta)/sin theta and sin(t theta)/sin theta. Nearly
     colinear or antipodal pairs (|cos| > dot_threshold) fall back to linear interpolation.
+    `kept`: where the norms and the dot product of these same inputs are kept between merges
+    (live candidates: only t changes); a float32 result goes to `fused.buffer("out")`.
     """
     if a.shape != b.shape:
         raise RecipeError(f"slerp: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -50,11 +55,11 @@ def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: floa
     if a.numel() == 0:
         return a.clone()
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    norm_a = float(torch.linalg.vector_norm(flat_a))
-    norm_b = float(torch.linalg.vector_norm(flat_b))
+    angle = (lambda: _angle_inputs(flat_a, flat_b))
+    norm_a, norm_b, dot = kept.statistic("slerp", angle) if kept is not None else angle()
     norm_a = norm_a if norm_a > eps else 1.0
     norm_b = norm_b if norm_b > eps else 1.0
-    dot = float(torch.dot(flat_a, flat_b)) / (norm_a * norm_b)
+    dot = dot / (norm_a * norm_b)
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > dot_threshold:
         coef_a, coef_b = 1.0 - t, t
@@ -63,7 +68,21 @@ def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: floa
         sin_theta = math.sin(theta)
         coef_a = math.sin((1.0 - t) * theta) / sin_theta
         coef_b = math.sin(t * theta) / sin_theta
-    return torch.mul(a, coef_a).add_(b, alpha=coef_b)
+    out = fused.buffer("out", a.shape) if dtype == torch.float32 else None
+    if out is not None and (_shares_memory(out, a) or _shares_memory(out, b)):
+        out = None
+    return torch.mul(a, coef_a, out=out).add_(b, alpha=coef_b)
+
+
+def _angle_inputs(flat_a: Tensor, flat_b: Tensor) -> tuple[float, float, float]:
+    """|a|, |b| and a . b as Python floats (what SLERP's angle is computed from)."""
+    return (float(torch.linalg.vector_norm(flat_a)), float(torch.linalg.vector_norm(flat_b)),
+            float(torch.dot(flat_a, flat_b)))
+
+
+def _shares_memory(x: Tensor, y: Tensor) -> bool:
+    start_x, start_y = x.data_ptr(), y.data_ptr()
+    return start_x < start_y + y.numel() * y.element_size() and start_y < start_x + x.numel() * x.element_size()
 
 
 def nuslerp(a: Tensor, b: Tensor, t: float, dim: int = -1, flatten: bool = True, eps: float = 1e-8) -> Tensor:

@@ -3,7 +3,8 @@ inputs: kept between the candidates of a search (`vlmmerge.live`), never by `vlm
 
 Per (tensor, model): the task vector tau = theta - theta_base in the compute dtype, its magnitudes
 sorted ascending (so the value at any rank, the top-k threshold of any density, is an index
-lookup instead of a selection), and DELLA's per-row rank fractions. Each is computed the first
+lookup instead of a selection), DELLA's per-row rank fractions, and SLERP's angle inputs (the
+two models' norms and dot product: only t changes between candidates). Each is computed the first
 time a merge asks for it, with the same operations the merge itself runs, so a merge that uses
 kept values gives the same bits as one that computes them (tests/test_live_speed_invariants.py).
 
@@ -28,6 +29,7 @@ class KeptTaskVector:
         self.sorted: Tensor | None = None  # |tau| ascending, flat
         self.rank_fractions: Tensor | None = None  # DELLA: per-row rank / (width - 1), clamped
         self.norms: dict[str, Tensor] = {}  # the norms of tau the rescaling reads (l1, l2, linf)
+        self.statistics: dict[str, object] = {}  # other whole-tensor numbers of these inputs (SLERP's angle)
 
     def task_vector(self, finetuned: Tensor, base: Tensor, dtype: torch.dtype) -> Tensor:
         """tau, computed as the merge computes it (copy to `dtype`, subtract the base)."""
@@ -41,6 +43,12 @@ class KeptTaskVector:
         if name not in self.norms:
             self.norms[name] = compute()
         return self.norms[name]
+
+    def statistic(self, name: str, compute):
+        """The number(s) `compute()` gives for these inputs, computed the first time."""
+        if name not in self.statistics:
+            self.statistics[name] = compute()
+        return self.statistics[name]
 
     def sorted_magnitudes(self, magnitudes: Tensor) -> Tensor:
         """|tau| sorted ascending; `magnitudes` is |tau| (used on first call only)."""

@@ -34,6 +34,16 @@ _SAMPLE_SEED = 0x5EED
 RESCALE_EPS = 1e-7
 
 RESCALE_NORMS = ("l1", "l2", "linf", "probability")
+_RESCALE_EPS_IN: dict[torch.dtype, float] = {}
+
+
+def negligible(norm: Tensor) -> bool:
+    """`norm < RESCALE_EPS` as torch computes it (the threshold rounded to the norm's dtype), read
+    as one Python float: the tensor comparison costs ~20 us on a live candidate's hot path."""
+    eps = _RESCALE_EPS_IN.get(norm.dtype)
+    if eps is None:
+        eps = _RESCALE_EPS_IN[norm.dtype] = float(torch.tensor(RESCALE_EPS, dtype=norm.dtype))
+    return float(norm) < eps
 
 
 def _count(mask: Tensor) -> int:
@@ -184,7 +194,7 @@ def rescale_to_norm(masked: Tensor, before: Tensor, norm: str, scratch: Tensor |
     `scratch` (shape and dtype of `masked`) saves the temporary of an L1 / Linf norm.
     """
     after = _norm_of(masked, norm, scratch)
-    if before < RESCALE_EPS or after < RESCALE_EPS:
+    if negligible(before) or negligible(after):
         return masked
     return masked.mul_(before / after)
 

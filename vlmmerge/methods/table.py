@@ -11,6 +11,7 @@ from torch import Tensor
 from vlmmerge.errors import RecipeError
 from vlmmerge.methods import interpolation, task_vectors
 from vlmmerge.methods.arcee_fusion import arcee_fusion
+from vlmmerge.methods.kept import kept
 from vlmmerge.methods.multislerp import multislerp
 from vlmmerge.methods.nearswap import nearswap
 from vlmmerge.methods.passthrough import passthrough
@@ -21,7 +22,7 @@ from vlmmerge.methods.sparsify import RESCALE_NORMS
 
 
 def _slerp_models(base: Tensor, tensors: Sequence[Tensor], t: float) -> Tensor:
-    return interpolation.slerp(base, tensors[0], t)
+    return interpolation.slerp(base, tensors[0], t, kept=kept(0, len(tensors)))
 
 
 _TASK_VECTOR_GLOBALS = {"int8_mask": False, "lambda": 1.0}

@@ -216,11 +216,11 @@ def actor_memory(template: Any, host_ref: str | None = None):
     host_ref = host_ref or choose_host(template, sources).ref
     sources.setdefault(host_ref, Source.open(host_ref))
     method = get_method(template.merge_method)
-    from vlmmerge.live import KEPT_METHODS
+    from vlmmerge.live import keeps_task_vectors
 
     finetuned = sum(m.model != template.base_model for m in template.models)
     masked = finetuned if method.random else 0
-    kept = finetuned if method.name in KEPT_METHODS and template.base_model else 0  # kept task vectors
+    kept = finetuned if keeps_task_vectors(method.name) and template.base_model else 0  # kept task vectors
     return live_memory(sources, host_ref, refs, parse_dtype(template.output_dtype), masked, kept_models=kept)
 
 
