@@ -35,6 +35,7 @@ def _recipe(world, method, densities, weights=(1.0, 0.6), seed=4, dtype="float32
 @pytest.mark.parametrize(("method", "dtype"), [
     ("dare_ties", "float32"), ("dare_linear", "float32"), ("della", "float32"), ("ties", "float32"),
     ("task_arithmetic", "float32"), ("linear", "float32"), ("task_arithmetic", "bfloat16"),  # the last two: in slices
+    ("linear", "bfloat16"),
     ("breadcrumbs_ties", "float32"), ("della_linear", "float32"), ("ties", "bfloat16"), ("breadcrumbs", "bfloat16"),
 ])
 def test_live_candidates_are_the_static_merge(world, tmp_path, method, dtype):
@@ -171,3 +172,58 @@ def test_live_slerp_keeps_the_angle_inputs_and_writes_the_static_merge(world, tm
             assert torch.equal(state[name], value), (number, name)
     static_calls = first  # each static merge computes them afresh, once per tensor
     assert len(computed) == first + 3 * static_calls  # the live candidates after the first: none
+
+
+def test_linear_slices_are_merged_into_the_given_memory(world):
+    """Given the parameter's memory, each of linear's slices is merged into its own place there
+    (no copy per slice); the slices are still the whole tensor's merge."""
+    from vlmmerge.engine import compute
+
+    live = LiveMerge([str(world["base"]), str(world["vlm"]), str(world["ft_a"])], str(world["vlm"]), load_processor=False)
+    plan = live.plan(_recipe(world, "linear", (None, None), weights=(0.7, 0.45)))
+    tensor = max((t for t in plan.tensors if compute.merges_in_slices(plan, t, "cpu")), key=lambda t: t.numel)
+    into, offset, step = torch.full((tensor.numel,), float("nan")), 0, 96
+    pieces = list(compute.merged_slices(plan, tensor, "cpu", into, {}, step=step))
+    assert len(pieces) == -(-tensor.numel // step) > 1
+    for piece in pieces:
+        assert piece.data_ptr() == into[offset:].data_ptr()
+        offset += piece.numel()
+    assert torch.equal(into.view(tensor.shape), compute.merge_tensor(plan, tensor))
+
+
+def test_linear_of_half_inputs_into_a_reused_output_is_the_float32_formula():
+    from vlmmerge.methods import fused
+    from vlmmerge.methods.interpolation import linear
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(1000, generator=generator).to(torch.bfloat16) for _ in range(2))
+    weights = torch.tensor([0.7, 0.45])
+    expected = a.to(torch.float32).mul_(weights[0]).add_(b, alpha=float(weights[1])).div_(weights.sum())
+    out = torch.empty(1000)
+    with fused.reusing({}, out):
+        merged = linear([a, b], [0.7, 0.45])
+    assert merged.data_ptr() == out.data_ptr() and torch.equal(merged, expected)
+    assert torch.equal(linear([a, b], [0.7, 0.45]), expected)
+
+
+def test_live_parameters_leave_the_checkpoint_file_and_tied_ones_stay_tied(tmp_path):
+    """The live model holds its parameters in memory of its own, not in the host file's mapping
+    (whose pages are slower to overwrite): rewriting the file under a search changes nothing in
+    the model; a tied head is still the embedding."""
+    import struct
+
+    from vlmmerge.testing.tiny import build_tiny_model, save_model
+
+    model = build_tiny_model("llama", seed=3, num_hidden_layers=2, tie_word_embeddings=True)
+    host = save_model(model, tmp_path / "host")
+    live = LiveMerge([str(host)], str(host), load_processor=False)
+    before = {name: p.detach().clone() for name, p in live.model.named_parameters()}
+    for file in host.glob("*.safetensors"):
+        size = file.stat().st_size
+        with open(file, "r+b") as handle:
+            start = 8 + struct.unpack("<Q", handle.read(8))[0]
+            handle.seek(start)
+            handle.write(bytes(size - start))
+    for name, param in live.model.named_parameters():
+        assert torch.equal(param, before[name]), name
+    assert live.model.get_output_embeddings().weight.data_ptr() == live.model.get_input_embeddings().weight.data_ptr()

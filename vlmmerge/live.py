@@ -44,6 +44,22 @@ def keeps_task_vectors(method: str) -> bool:
     return method in KEPT_METHODS and _KEPT_BYTES_PER_ELEMENT.get(method, 8) > 0
 
 
+def _own_memory(model: torch.nn.Module) -> None:
+    """Move each CPU parameter out of the checkpoint's file mapping (where `from_pretrained` leaves
+    it) into memory of its own, tied parameters staying tied. Every candidate overwrites the
+    language parameters, and writing the mapping's copy-on-write pages measured ~1.5x slower than
+    writing freshly allocated memory (benchmarks/candidate_speed.py)."""
+    copies: dict[tuple, torch.Tensor] = {}
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.device.type != "cpu":
+                continue
+            key = (param.data_ptr(), param.dtype, tuple(param.shape), param.stride())
+            if key not in copies:
+                copies[key] = param.data.clone()
+            param.data = copies[key]
+
+
 class CachedSource(Source):
     """A Source whose tensors, once read, stay in memory (stored dtype)."""
 
@@ -105,6 +121,7 @@ class LiveMerge:
             self.model = model_class.from_pretrained(host_path, dtype=self.dtype).to(self.device)
             self.processor = None
         self.model.eval()
+        _own_memory(self.model)
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
 
     def _open(self, ref: str) -> Source:
@@ -161,9 +178,11 @@ class LiveMerge:
         if merges_in_slices(plan, tensor, self.device) and not whole and param.device.type == "cpu" \
                 and param.is_contiguous():
             # elementwise methods: cache-sized slices written straight into the parameter (same bits)
-            flat, offset = param.view(-1), 0
-            for piece in merged_slices(plan, tensor, self.device):
-                flat[offset:offset + piece.numel()].copy_(piece)
+            flat, offset = param.detach().view(-1), 0
+            into = flat if param.dtype == torch.float32 else None
+            for piece in merged_slices(plan, tensor, self.device, into, self._workspace):
+                if piece.data_ptr() != flat[offset:].data_ptr():
+                    flat[offset:offset + piece.numel()].copy_(piece)
                 offset += piece.numel()
             return
         # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place

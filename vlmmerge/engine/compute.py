@@ -7,6 +7,7 @@ executor) and the in-memory candidates of a search (`vlmmerge.live`) share this 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,14 +166,17 @@ def merges_in_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> bool:
     )
 
 
-def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> Iterator[torch.Tensor]:
-    """The merged tensor as flat slices of SLICE_ELEMENTS (for `merges_in_slices` tensors)."""
+def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str, into: torch.Tensor | None = None,
+                  pool: dict | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
+    """The merged tensor as flat slices of `step` (SLICE_ELEMENTS) elements (for `merges_in_slices` tensors).
+    `into` (flat, float32, contiguous; with the buffer `pool` of `fused.reusing`): where each slice
+    may be written by the method (a live parameter); a yielded slice is then a view of it."""
     inputs = read_tensor_inputs(plan, tensor, device)
     base = inputs.base.reshape(-1) if inputs.base is not None else None
     members = [m.reshape(-1) for m in inputs.members]
     member_params, global_params = plan.member_params(tensor), plan.global_params(tensor)
     numel = members[0].numel() if members else (base.numel() if base is not None else 0)
-    step = SLICE_ELEMENTS
+    step = step or SLICE_ELEMENTS
 
     def piece(value: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         # Converted here, in cache: same values as the kernel's own promotion, on a faster path.
@@ -180,10 +184,12 @@ def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> Iterator[
 
     for start in range(0, numel, step):
         stop = min(start + step, numel)
-        yield plan.method.merge(
-            None if base is None else piece(base, start, stop),
-            [piece(m, start, stop) for m in members],
-            member_params,
-            global_params,
-            None,
-        )
+        with fused.reusing({} if pool is None else pool, into[start:stop]) if into is not None else nullcontext():
+            merged = plan.method.merge(
+                None if base is None else piece(base, start, stop),
+                [piece(m, start, stop) for m in members],
+                member_params,
+                global_params,
+                None,
+            )
+        yield merged

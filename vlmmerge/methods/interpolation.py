@@ -29,7 +29,16 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     total = weights_t.sum()
     if normalize and total == 0:
         raise RecipeError(f"weight: linear merge with normalize=true needs weights that do not sum to 0; got {list(weights)}")
-    merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])  # one fresh tensor, not two
+    # one fresh tensor, not two; a float32 result goes to `fused.buffer("out")` (a live parameter)
+    out = fused.buffer("out", tensors[0].shape) if dtype == torch.float32 else None
+    if out is not None and any(_shares_memory(out, tensor) for tensor in tensors):
+        out = None
+    if out is None:
+        merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])
+    elif tensors[0].dtype == dtype:
+        merged = torch.mul(tensors[0], weights_t[0], out=out)
+    else:  # a half-precision input: converted first, as above (mul would round in its dtype)
+        merged = out.copy_(tensors[0]).mul_(weights_t[0])
     for tensor, weight in zip(tensors[1:], weights_t[1:].tolist()):
         merged.add_(tensor, alpha=weight)  # promotes a half-precision input on the fly
     if normalize:
