@@ -161,6 +161,13 @@ def test_placed_rows_are_the_host_rows_and_the_merged_rows_in_order(merged_rows,
     full = torch.full((12, 3), float("nan"))
     place_rows(full, merged, host, merged_rows, host_rows)
     assert torch.equal(full, expected)
+    leading = plan.leading_method_rows()
+    assert leading == (count if all(row >= count for row in host_rows) else None)
+    if leading is not None:  # the merge wrote its rows at the start of `full` already: kept there
+        full = torch.full((12, 3), float("nan"))
+        full[:count] = merged
+        place_rows(full, full[:count], host, merged_rows, host_rows)
+        assert torch.equal(full, expected)
     with pytest.raises(ValueError, match="merged rows"):
         place_rows(full, merged[1:], host, merged_rows, host_rows) if count else place_rows(
             full, torch.zeros(1, 3), host, merged_rows, host_rows)

@@ -227,3 +227,28 @@ def test_live_parameters_leave_the_checkpoint_file_and_tied_ones_stay_tied(tmp_p
     for name, param in live.model.named_parameters():
         assert torch.equal(param, before[name]), name
     assert live.model.get_output_embeddings().weight.data_ptr() == live.model.get_input_embeddings().weight.data_ptr()
+
+
+def test_merged_vocabulary_rows_go_straight_into_the_parameter(tmp_path, monkeypatch):
+    """A TIES candidate's embedding / head rows (the host's extra rows, the image token's among
+    them, after them) are written by the merge into the parameter's first rows; the static bits."""
+    from vlmmerge.engine import compute
+    from vlmmerge.methods import fused
+
+    monkeypatch.setenv(fused.MODE_ENV, "on")  # the compiled kernels write into the given buffer
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
+    world = make_world(tmp_path / "world", lm_vocab=256)  # the VLM's vocabulary: 320 rows
+    live = LiveMerge([str(world["base"]), str(world["vlm"]), str(world["ft_a"])], str(world["vlm"]), load_processor=False)
+    recipe = _recipe(world, "ties", (0.5, 0.3))
+    leading = {t.name: t.leading_method_rows() for t in live.plan(recipe).tensors if t.merged_rows is not None}
+    assert set(leading.values()) == {256}
+    in_place = []
+    real = compute.place_rows
+    monkeypatch.setattr(compute, "place_rows", lambda full, merged, *rest: in_place.append(
+        (full.data_ptr() == merged.data_ptr(), full.data_ptr())) or real(full, merged, *rest))
+    live.apply(recipe)
+    params = {name: live._params[name].data_ptr() for name in leading}
+    assert sorted(ptr for same, ptr in in_place if same) == sorted(params.values())
+    static = load_tensors(run_merge(recipe, tmp_path / "static", progress=False).out_dir)
+    state = live.model.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in static.items())

@@ -188,7 +188,7 @@ class LiveMerge:
         # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place
         direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
             and param.is_contiguous() else None
-        with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct):
+        with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct, tensor.leading_method_rows()):
             value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
                                           self._generators(plan, tensor))
         if value.data_ptr() != param.data_ptr():

@@ -113,12 +113,22 @@ def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInp
     if inputs.host_value is not None:
         # Rows past the shared vocabulary and the host's special-token rows stay the host's.
         full = fused.buffer("full", inputs.host_value.shape) if merged.dtype == torch.float32 else None
-        if full is None or full.data_ptr() == merged.data_ptr():
+        if full is not None and full.data_ptr() == merged.data_ptr() and not _leading_rows_of(merged, full, tensor):
+            full = None
+        if full is None:
             full = torch.empty(inputs.host_value.shape, dtype=merged.dtype)
-        # a live candidate's reused buffer (`fused.reusing`) or a fresh one: each row written once
+        # a live candidate's reused buffer (`fused.reusing`; the merge may have written its rows
+        # there already, `fused.buffer`) or a fresh one: each row written once
         place_rows(full, merged, inputs.host_value, tensor.merged_rows, tensor.host_rows)
         merged = full
     return merged
+
+
+def _leading_rows_of(merged: torch.Tensor, full: torch.Tensor, tensor: TensorPlan) -> bool:
+    """Whether `merged` (at `full`'s start) already is `full`'s first rows, where it belongs: every
+    host row comes after the merged ones."""
+    return merged.is_contiguous() and merged.shape[1:] == full.shape[1:] \
+        and all(row >= merged.shape[0] for row in tensor.host_rows)
 
 
 def place_rows(full: torch.Tensor, merged: torch.Tensor, host_value: torch.Tensor, merged_rows: int,
@@ -134,7 +144,9 @@ def place_rows(full: torch.Tensor, merged: torch.Tensor, host_value: torch.Tenso
     start, taken = 0, 0
     for stop in [*inside, merged_rows]:
         if stop > start:
-            full[start:stop] = merged[taken:taken + stop - start]
+            target, rows = full[start:stop], merged[taken:taken + stop - start]
+            if target.data_ptr() != rows.data_ptr():  # else written there by the merge itself
+                target.copy_(rows)
             taken += stop - start
         start = stop + 1
     if kept:

@@ -93,6 +93,14 @@ class TensorPlan:
             n *= dim
         return n
 
+    def leading_method_rows(self) -> int | None:
+        """For a vocabulary tensor whose method rows are its first rows (every host row after
+        them), how many; else None."""
+        if self.merged_rows is None:
+            return None
+        count = self.merged_rows - len(set(self.host_rows))
+        return count if all(row >= count for row in self.host_rows) else None
+
     def method_rows(self) -> slice | torch.Tensor | None:
         """The rows of a vocabulary tensor that go to the merge method (None: the whole tensor).
 

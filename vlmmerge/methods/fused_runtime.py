@@ -18,7 +18,7 @@ from torch import Tensor
 MIN_SPLIT_ELEMENTS = 1 << 22  # below this a tensor's kernels are not worth splitting over threads
 SPLIT_ALIGN = 1 << 10
 
-_POOL: ContextVar[tuple[dict, Tensor | None] | None] = ContextVar("fused_workspace", default=None)
+_POOL: ContextVar[tuple[dict, Tensor | None, int | None] | None] = ContextVar("fused_workspace", default=None)
 _BESIDE_OTHERS: ContextVar[bool] = ContextVar("fused_beside_others", default=False)
 _WARMING: ContextVar[bool] = ContextVar("fused_warming", default=False)
 _warmers = [0]  # threads inside `warming_up` now
@@ -91,13 +91,15 @@ def in_parts(parts: list[Callable[[], None]]) -> None:
 
 
 @contextmanager
-def reusing(pool: dict, out: Tensor | None = None) -> Iterator[None]:
+def reusing(pool: dict, out: Tensor | None = None, leading_rows: int | None = None) -> Iterator[None]:
     """Merges run inside take their buffers, the result included, from `pool` (flat float32 slabs,
     one per role, grown to the largest tensor): a live candidate's next tensor reuses them, so no
     fresh memory is faulted in per tensor (on CPU that costs more than the arithmetic). The result
     is valid until the next merge inside the same pool. `out` (float32, contiguous): where a result
-    of its shape goes (a live model's parameter: no copy)."""
-    token = _POOL.set((pool, out))
+    of its shape goes (a live model's parameter: no copy); with `leading_rows`, also a result of
+    that many of its rows (a vocabulary tensor's merged rows, the host's rows after them:
+    `compute.combine_tensor_inputs` then writes only those)."""
+    token = _POOL.set((pool, out, leading_rows))
     try:
         yield
     finally:
@@ -109,9 +111,11 @@ def buffer(role: str, shape: torch.Size) -> Tensor:
     active = _POOL.get()
     if active is None:
         return torch.empty(shape, dtype=torch.float32)
-    pool, out = active
+    pool, out, rows = active
     if role in ("out", "full") and out is not None and out.shape == shape:
         return out
+    if role == "out" and rows is not None and out is not None and shape == (rows, *out.shape[1:]):
+        return out[:rows]  # a vocabulary tensor's merged rows: the host's own rows follow them
     numel = shape.numel()
     slab = pool.get(role)
     if slab is None or slab.numel() < numel:
