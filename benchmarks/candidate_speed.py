@@ -180,9 +180,12 @@ def main() -> None:
         "(`LEAST_BYTES` in this script) over the floor's 12; DARE's 3.3x and DELLA's 4.7x lie above a 3x target.",
         "`first candidate` includes reading the tensor cache, drawing the kept masks and, once per process, compiling",
         "the fused kernels (g++; with a cold inductor cache unless `--warm-compile`; methods measured later reuse",
-        "kernels an earlier one compiled). linear runs eagerly in cache-sized slices; linear and task arithmetic",
-        "merge the embedding and head whole and put the host's special-token rows back. On 2 cores every number",
-        "here moves by ~20-40% between runs, the floor and the disk round trip most of all.",
+        "kernels an earlier one compiled). linear runs eagerly in cache-sized slices, each merged straight into the",
+        "parameter; linear and task arithmetic merge the embedding and head whole and put the host's special-token",
+        "rows back; the other methods write a vocabulary tensor's merged rows into the parameter's first rows when",
+        "the host's own rows follow them. The live model's parameters leave the checkpoint's file mapping when it",
+        "loads: overwriting those copy-on-write pages measured ~1.5x slower than memory of its own. On 2 cores every",
+        "number here moves by ~20-40% between runs, the floor and the disk round trip most of all.",
     ]
     section = "\n".join(lines)
     from vlmmerge.docblocks import replace_marked_block
