@@ -174,7 +174,7 @@ def test_live_slerp_keeps_the_angle_inputs_and_writes_the_static_merge(world, tm
     assert len(computed) == first + 3 * static_calls  # the live candidates after the first: none
 
 
-def test_linear_slices_are_merged_into_the_given_memory(world):
+def test_linear_slices_are_merged_into_the_given_memory(world, monkeypatch):
     """Given the parameter's memory, each of linear's slices is merged into its own place there
     (no copy per slice); the slices are still the whole tensor's merge."""
     from vlmmerge.engine import compute
@@ -183,7 +183,8 @@ def test_linear_slices_are_merged_into_the_given_memory(world):
     plan = live.plan(_recipe(world, "linear", (None, None), weights=(0.7, 0.45)))
     tensor = max((t for t in plan.tensors if compute.merges_in_slices(plan, t, "cpu")), key=lambda t: t.numel)
     into, offset, step = torch.full((tensor.numel,), float("nan")), 0, 96
-    pieces = list(compute.merged_slices(plan, tensor, "cpu", into, {}, step=step))
+    monkeypatch.setattr(compute, "SLICE_ELEMENTS", step)
+    pieces = list(compute.merged_slices(plan, tensor, "cpu", into, {}))
     assert len(pieces) == -(-tensor.numel // step) > 1
     for piece in pieces:
         assert piece.data_ptr() == into[offset:].data_ptr()

@@ -127,8 +127,8 @@ def combine_tensor_inputs(plan: MergePlan, tensor: TensorPlan, inputs: TensorInp
 def _leading_rows_of(merged: torch.Tensor, full: torch.Tensor, tensor: TensorPlan) -> bool:
     """Whether `merged` (at `full`'s start) already is `full`'s first rows, where it belongs: every
     host row comes after the merged ones."""
-    return merged.is_contiguous() and merged.shape[1:] == full.shape[1:] \
-        and all(row >= merged.shape[0] for row in tensor.host_rows)
+    return tensor.leading_method_rows() == merged.shape[0] and merged.is_contiguous() \
+        and merged.shape[1:] == full.shape[1:]
 
 
 def place_rows(full: torch.Tensor, merged: torch.Tensor, host_value: torch.Tensor, merged_rows: int,
@@ -179,8 +179,8 @@ def merges_in_slices(plan: MergePlan, tensor: TensorPlan, device: str) -> bool:
 
 
 def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str, into: torch.Tensor | None = None,
-                  pool: dict | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
-    """The merged tensor as flat slices of `step` (SLICE_ELEMENTS) elements (for `merges_in_slices` tensors).
+                  pool: dict | None = None) -> Iterator[torch.Tensor]:
+    """The merged tensor as flat slices of SLICE_ELEMENTS (for `merges_in_slices` tensors).
     `into` (flat, float32, contiguous; with the buffer `pool` of `fused.reusing`): where each slice
     may be written by the method (a live parameter); a yielded slice is then a view of it."""
     inputs = read_tensor_inputs(plan, tensor, device)
@@ -188,7 +188,7 @@ def merged_slices(plan: MergePlan, tensor: TensorPlan, device: str, into: torch.
     members = [m.reshape(-1) for m in inputs.members]
     member_params, global_params = plan.member_params(tensor), plan.global_params(tensor)
     numel = members[0].numel() if members else (base.numel() if base is not None else 0)
-    step = step or SLICE_ELEMENTS
+    step = SLICE_ELEMENTS
 
     def piece(value: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         # Converted here, in cache: same values as the kernel's own promotion, on a faster path.

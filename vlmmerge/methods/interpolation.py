@@ -29,10 +29,7 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     total = weights_t.sum()
     if normalize and total == 0:
         raise RecipeError(f"weight: linear merge with normalize=true needs weights that do not sum to 0; got {list(weights)}")
-    # one fresh tensor, not two; a float32 result goes to `fused.buffer("out")` (a live parameter)
-    out = fused.buffer("out", tensors[0].shape) if dtype == torch.float32 else None
-    if out is not None and any(_shares_memory(out, tensor) for tensor in tensors):
-        out = None
+    out = _result_buffer(tensors[0].shape, dtype, tensors)  # one fresh tensor, not two
     if out is None:
         merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])
     elif tensors[0].dtype == dtype:
@@ -77,9 +74,7 @@ def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: floa
         sin_theta = math.sin(theta)
         coef_a = math.sin((1.0 - t) * theta) / sin_theta
         coef_b = math.sin(t * theta) / sin_theta
-    out = fused.buffer("out", a.shape) if dtype == torch.float32 else None
-    if out is not None and (_shares_memory(out, a) or _shares_memory(out, b)):
-        out = None
+    out = _result_buffer(a.shape, dtype, (a, b))
     return torch.mul(a, coef_a, out=out).add_(b, alpha=coef_b)
 
 
@@ -87,6 +82,15 @@ def _angle_inputs(flat_a: Tensor, flat_b: Tensor) -> tuple[float, float, float]:
     """|a|, |b| and a . b as Python floats (what SLERP's angle is computed from)."""
     return (float(torch.linalg.vector_norm(flat_a)), float(torch.linalg.vector_norm(flat_b)),
             float(torch.dot(flat_a, flat_b)))
+
+
+def _result_buffer(shape: torch.Size, dtype: torch.dtype, inputs: Sequence[Tensor]) -> Tensor | None:
+    """Where a float32 result goes: `fused.buffer("out")` (in a live candidate, the parameter),
+    unless it overlaps an input; None: a fresh tensor."""
+    if dtype != torch.float32:
+        return None
+    out = fused.buffer("out", shape)
+    return None if any(_shares_memory(out, tensor) for tensor in inputs) else out
 
 
 def _shares_memory(x: Tensor, y: Tensor) -> bool:
