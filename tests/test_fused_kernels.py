@@ -116,6 +116,66 @@ def test_fused_ties_float32_and_three_models(monkeypatch):
     assert torch.equal(_bits(got), _bits(expected))
 
 
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties"])
+def test_fused_cuts_of_large_tied_tensors_equal_eager_bitwise(monkeypatch, name):
+    """Tensors large enough for the bracketed selection, with magnitudes tied at every cut: the
+    fused cut (its tie position from the bracket's indices) keeps the eager code's entries."""
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(400_000, generator=g) * 0.02
+    tunes = [base + torch.randint(-9, 10, (400_000,), generator=g).float() * 1e-3 for _ in range(2)]
+    if name == "ties":
+        fn = lambda b, f: task_vectors.ties(b, f, [1.0, 0.6], [0.37, 0.5])  # noqa: E731
+    else:
+        fn = lambda b, f: task_vectors.breadcrumbs_ties(b, f, [1.0, 0.6], [0.37, 0.5], gammas=[0.05, 0.02])  # noqa: E731
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, False)
+    got = _run(monkeypatch, "on", fn, base, tunes, False, False)
+    assert torch.equal(_bits(got), _bits(expected))
+
+
+def _into_target_and_not(monkeypatch, merge, numel: int):
+    """`merge()` eagerly, then fused without a target (stays eager) and into a target (one kernel)."""
+    monkeypatch.setenv(fused.MODE_ENV, "off")
+    expected = merge()
+    monkeypatch.setenv(fused.MODE_ENV, "on")
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
+    before = fused.calls["linear"]
+    untargeted = merge()
+    assert fused.calls["linear"] == before  # no target (a static merge's slice): the eager code
+    target = torch.full((numel,), float("nan"))
+    with fused.reusing({}, target):
+        got = merge()
+    assert fused.calls["linear"] > before and got.data_ptr() == target.data_ptr()
+    return expected, untargeted, got
+
+
+@pytest.mark.parametrize("numel", [96, 1003])  # 1003: a tail shorter than the SIMD width
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_linear_into_a_parameter_equals_eager_bitwise(monkeypatch, numel, normalize):
+    """Written into a target (a live parameter), linear is one fused kernel whose fused multiply-add
+    rounds as the eager `add_(x, alpha=w)` does."""
+    from vlmmerge.methods.interpolation import linear
+
+    g = torch.Generator().manual_seed(numel)
+    tensors = [torch.randn(numel, generator=g) * 0.02, (torch.randn(numel, generator=g) * 0.02).to(torch.bfloat16),
+               torch.randn(numel, generator=g) * 0.02]
+    tensors[0][:4] = -0.0
+    expected, untargeted, got = _into_target_and_not(monkeypatch, lambda: linear(tensors, [0.7, 0.45, -0.3], normalize), numel)
+    assert torch.equal(_bits(untargeted), _bits(expected))
+    assert torch.equal(_bits(got), _bits(expected)), f"{(got != expected).sum()} elements differ"
+
+
+@pytest.mark.parametrize("t", [0.3, 0.9999])  # 0.9999 with colinear inputs: the linear fallback's coefficients
+def test_fused_slerp_combination_into_a_parameter_equals_eager_bitwise(monkeypatch, t):
+    from vlmmerge.methods.interpolation import slerp
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(1003, generator=g)
+    b = torch.randn(1003, generator=g) if t < 0.5 else a * 1.5 + 1e-4
+    expected, untargeted, got = _into_target_and_not(monkeypatch, lambda: slerp(a, b, t), 1003)
+    assert torch.equal(_bits(untargeted), _bits(expected))
+    assert torch.equal(_bits(got), _bits(expected)), f"{(got != expected).sum()} elements differ"
+
+
 def test_fused_off_below_threshold_and_bad_setting(monkeypatch):
     base, tunes = _inputs(torch.float32)
     monkeypatch.setenv(fused.MODE_ENV, "on")

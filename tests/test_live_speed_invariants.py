@@ -140,7 +140,10 @@ def test_elementwise_vocabulary_merges_whole_then_restores_the_host_rows(world, 
     patched = {t.name: _patchable_host_rows(live.plan(recipe), t) for t in live.plan(recipe).tensors}
     vocabulary = {name: rows for name, rows in patched.items() if rows}
     assert vocabulary  # embed and head keep the image token's row
+    before = dict(fused.calls)
     live.apply(recipe)
+    kernel = "linear" if method == "linear" else "merge"
+    assert (fused.calls[kernel] > before[kernel]) == fused_on  # linear: one kernel into each float32 parameter
     out = run_merge(recipe, tmp_path / "static", progress=False).out_dir
     state, static = live.model.state_dict(), load_tensors(out)
     host = load_tensors(world["vlm"])

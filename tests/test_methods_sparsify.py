@@ -52,6 +52,19 @@ def test_trim_ties_broken_by_lower_index():
     assert torch.equal(torch.nonzero(trimmed).squeeze(1), expected)
 
 
+def test_trim_heavy_ties_in_large_tensors_matches_stable_order():
+    """Large tensors (the bracketed selection) with few distinct magnitudes: the tied entries kept at
+    the cut are the lowest flat indices (a stable descending sort), wherever the cut falls."""
+    g = torch.Generator().manual_seed(6)
+    delta = torch.randint(-20, 21, (400_000,), generator=g).float() * 0.01
+    order = torch.sort(delta.abs(), descending=True, stable=True).indices
+    for density in [0.1, 0.37, 0.5, 0.9]:
+        k = max(1, int(density * delta.numel()))
+        expected = torch.zeros_like(delta)
+        expected[order[:k]] = delta[order[:k]]
+        assert torch.equal(trim_to_density(delta.clone(), density), expected), density
+
+
 def test_trim_rescale_keeps_l1_norm():
     g = torch.Generator().manual_seed(1)
     delta = torch.randn(40, generator=g)

@@ -21,8 +21,8 @@ import torch
 
 from vlmmerge.engine import MergePlan, Source, plan_merge
 from vlmmerge.engine.compute import (
-    ELEMENTWISE_METHODS, FUSED_METHODS, HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs, merged_slices, merges_in_slices,
-    read_tensor_inputs,
+    ELEMENTWISE_METHODS, FUSED_IN_PLACE_METHODS, FUSED_METHODS, HALF_INPUT_METHODS, TensorInputs, combine_tensor_inputs,
+    merged_slices, merges_in_slices, read_tensor_inputs,
 )
 from vlmmerge.errors import VlmMergeError
 from vlmmerge.methods import fused
@@ -174,7 +174,10 @@ class LiveMerge:
         self.last_apply_seconds = time.perf_counter() - start
 
     def _write(self, plan: MergePlan, tensor, param: torch.Tensor) -> None:
-        whole = plan.method.name in FUSED_METHODS and fused.enabled(tensor.numel)
+        direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
+            and param.is_contiguous() else None
+        fusable = plan.method.name in FUSED_METHODS or (plan.method.name in FUSED_IN_PLACE_METHODS and direct is not None)
+        whole = fusable and fused.enabled(tensor.numel)
         if merges_in_slices(plan, tensor, self.device) and not whole and param.device.type == "cpu" \
                 and param.is_contiguous():
             # elementwise methods: cache-sized slices written straight into the parameter (same bits)
@@ -186,8 +189,6 @@ class LiveMerge:
                 offset += piece.numel()
             return
         # merge_tensor, on kept inputs; the fused kernels write a float32 parameter in place
-        direct = param.detach() if param.dtype == torch.float32 and param.device.type == "cpu" \
-            and param.is_contiguous() else None
         with keeping(self._kept(plan, tensor)), fused.reusing(self._workspace, direct, tensor.leading_method_rows()):
             value = combine_tensor_inputs(plan, tensor, self._inputs(plan, tensor), self.device,
                                           self._generators(plan, tensor))

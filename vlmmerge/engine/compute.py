@@ -36,6 +36,9 @@ SLICE_ELEMENTS = 1 << 18
 # Elementwise methods with a fused kernel (`methods/fused.py`): a live candidate merges their large
 # tensors whole, in one compiled pass written into the parameter, rather than in slices.
 FUSED_METHODS = frozenset({"task_arithmetic"})
+# ... and those whose fused kernel runs only where it writes the parameter itself (a float32 live
+# model): elsewhere their eager slices cost no compile (linear: one multiply-add per model).
+FUSED_IN_PLACE_METHODS = frozenset({"linear"})
 
 
 @dataclass

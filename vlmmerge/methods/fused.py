@@ -31,7 +31,7 @@ from torch import Tensor
 from vlmmerge.errors import RecipeError
 from vlmmerge.methods.fused_runtime import (  # noqa: F401  (beside_other_threads .. segment: the engine's and live's API)
     beside_other_threads, beside_others, buffer, in_parts, reusing, segment, split_over, split_points, warming_elsewhere,
-    warming_up,
+    warming_up, writes_into_target,
 )
 
 MODE_ENV = "VLMMERGE_FUSED"
@@ -53,7 +53,7 @@ _lock = threading.Lock()
 _compiled: dict[tuple[str, bool], object] = {}
 _warm: set[tuple] = set()
 _broken: list[str] = []
-calls = {"merge": 0, "stage": 0}  # fused kernel calls (tests check that the fused path ran)
+calls = {"merge": 0, "stage": 0, "linear": 0}  # fused kernel calls (tests check that the fused path ran)
 def warmed_beside_others() -> bool:
     """Whether this process has run any GIL-releasing kernel (a static merge's) yet."""
     return any(key[-1] for key in _warm)
@@ -195,6 +195,17 @@ def _stage_kernel(kind: str, base: Tensor, params: tuple, out: Tensor | None, ma
         magnitudes.copy_(value.abs())
 
 
+def _linear_kernel(out: Tensor, tensors: list, weights: list, total: Tensor, normalize: bool) -> None:
+    # the eager `add_(x, alpha=w)` is one fused multiply-add per element (ATen's vectorized kernel):
+    # prims.fma rounds once as it does (x * w + merged would round twice)
+    merged = tensors[0].to(torch.float32) * weights[0]
+    for tensor, weight in zip(tensors[1:], weights[1:]):
+        merged = torch.ops.prims.fma(tensor.to(torch.float32), weight, merged)
+    if normalize:
+        merged = merged / total
+    out.copy_(merged)
+
+
 def _run(name: str, fn, key: tuple, *args):
     """`fn` compiled (once per process), called; the first call of each variant under a lock (the
     engine's worker threads may all arrive at once). Eager `fn` where compiling failed in auto mode."""
@@ -276,6 +287,27 @@ def merge(base_in: Tensor, deltas: Sequence[Delta], weights: Tensor, consensus: 
                      consensus, normalize, scalar(divisor), scalar(lambda_))
 
     in_parts([functools.partial(run_segments, group) for group in groups])
+    return out
+
+
+def linear(tensors: Sequence[Tensor], weights: Tensor, total: Tensor | None = None) -> Tensor:
+    """sum_i w_i x_i [/ total] (float32 weights, as `interpolation.linear` and SLERP's combination
+    compute it) in one pass, into `buffer("out")`; the eager code's bits (tests/test_fused_kernels.py)."""
+    out = buffer("out", tensors[0].shape)
+    flat_out, flats = flat(out), [flat(t) for t in tensors]
+    ws = [weights[i] for i in range(len(flats))]
+    n = flat_out.numel()
+    normalize = total is not None
+    key = ("linear", normalize, _signature(*flats))
+
+    def run_range(start: int, stop: int) -> None:
+        calls["linear"] += 1
+        with torch.no_grad():
+            _run("linear", _linear_kernel, key, segment(flat_out, start, stop), [segment(t, start, stop) for t in flats],
+                 ws, total, normalize)
+
+    bounds = [0, *split_points(n), n]
+    in_parts([functools.partial(run_range, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
     return out
 
 

@@ -124,6 +124,12 @@ def buffer(role: str, shape: torch.Size) -> Tensor:
     return slab[:numel].view(shape)
 
 
+def writes_into_target(shape: torch.Size) -> bool:
+    """Whether a result of `shape` goes straight into the active pool's `out` (a live parameter)."""
+    active = _POOL.get()
+    return active is not None and active[1] is not None and active[1].shape == shape
+
+
 def beside_others() -> bool:
     """Whether kernels called here take the GIL-releasing variant (see `beside_other_threads`)."""
     return _BESIDE_OTHERS.get()

@@ -29,6 +29,11 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     total = weights_t.sum()
     if normalize and total == 0:
         raise RecipeError(f"weight: linear merge with normalize=true needs weights that do not sum to 0; got {list(weights)}")
+    if dtype == torch.float32 and fused.writes_into_target(tensors[0].shape) and fused.wanted(*tensors) \
+            and _result_buffer(tensors[0].shape, dtype, tensors) is not None:
+        # a live candidate: one compiled pass into the parameter (a static merge's slices stay eager:
+        # the disk bounds them, and compiling would cost more than the pass saves)
+        return fused.linear(tensors, weights_t, total if normalize else None)
     out = _result_buffer(tensors[0].shape, dtype, tensors)  # one fresh tensor, not two
     if out is None:
         merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])
@@ -75,6 +80,9 @@ def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: floa
         coef_a = math.sin((1.0 - t) * theta) / sin_theta
         coef_b = math.sin(t * theta) / sin_theta
     out = _result_buffer(a.shape, dtype, (a, b))
+    if out is not None and fused.writes_into_target(a.shape) and fused.wanted(a, b):
+        # a live candidate: a * c_a + b * c_b in one compiled pass (the eager pair's bits)
+        return fused.linear([a, b], torch.tensor([coef_a, coef_b], dtype=torch.float32))
     return torch.mul(a, coef_a, out=out).add_(b, alpha=coef_b)
 
 
