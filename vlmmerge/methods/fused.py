@@ -7,7 +7,8 @@ election, the disjoint sum, the divisor, lambda and the base in one torch.compil
 (inductor's C++ code on CPU). Every step is the eager code's operation in the eager code's
 order, so the result is the same to the bit (tests/test_fused_kernels.py): no reassociation,
 no contraction (-ffp-contract=off, pinned in `_EXACT_MATH`), per-candidate numbers passed as 0-d
-tensors (a Python float would be baked into the kernel: a recompile per candidate).
+tensors (a Python float would be baked into the kernel: a recompile per candidate). `linear` is
+the weighted sum of linear / SLERP for live candidates (an explicit fma: eager `add_`'s rounding).
 
 Settings: `VLMMERGE_FUSED` = auto (default: fused on CPU for tensors of at least
 `VLMMERGE_FUSED_MIN_ELEMENTS`, 65536, elements when a C++ compiler is found; a failed compile is
