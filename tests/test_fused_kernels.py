@@ -206,6 +206,33 @@ def test_failed_compile_falls_back_to_the_same_bits_in_auto_mode(monkeypatch):
     assert not fused.wanted(base, *tunes)  # from now on the eager path
 
 
+def test_failed_compile_of_live_linear_falls_back_to_the_same_bits(monkeypatch):
+    """The linear kernel's own code run eagerly (a failed compile in auto mode) keeps the single
+    rounding of the eager `add_(x, alpha=w)`."""
+    from vlmmerge.methods.interpolation import linear
+
+    g = torch.Generator().manual_seed(11)
+    tensors = [torch.randn(1003, generator=g), torch.randn(1003, generator=g).to(torch.bfloat16)]
+    monkeypatch.setenv(fused.MODE_ENV, "off")
+    expected = linear(tensors, [0.7, 0.45])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(fused, "_compiler_found", lambda: True)
+    monkeypatch.setenv(fused.MODE_ENV, "auto")
+    monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "64")
+    target = torch.full((1003,), float("nan"))
+    before = fused.calls["linear"]
+    with fused.reusing({}, target):
+        got = linear(tensors, [0.7, 0.45])
+    assert fused.calls["linear"] > before and fused._broken
+    assert torch.equal(_bits(got), _bits(expected))
+
+
 def test_fused_in_worker_threads_gives_the_same_bits(monkeypatch):
     """The engine merges tensors in a thread pool: concurrent first calls, per-thread dynamo config."""
     from concurrent.futures import ThreadPoolExecutor

@@ -196,12 +196,19 @@ def _stage_kernel(kind: str, base: Tensor, params: tuple, out: Tensor | None, ma
         magnitudes.copy_(value.abs())
 
 
+def _multiply_add(x: Tensor, weight: Tensor, acc: Tensor) -> Tensor:
+    """acc + x * weight rounded once, as the eager `add_(x, alpha=w)` (ATen's vector kernel is a fused
+    multiply-add): compiled, prims.fma (x * w + acc would round twice); eager (the fallback of a failed
+    compile; prims.fma exists only once inductor registered it), ATen's addcmul, also one fma."""
+    if torch.compiler.is_compiling():
+        return torch.ops.prims.fma(x, weight, acc)
+    return torch.addcmul(acc, x, weight)
+
+
 def _linear_kernel(out: Tensor, tensors: list, weights: list, total: Tensor, normalize: bool) -> None:
-    # the eager `add_(x, alpha=w)` is one fused multiply-add per element (ATen's vectorized kernel):
-    # prims.fma rounds once as it does (x * w + merged would round twice)
     merged = tensors[0].to(torch.float32) * weights[0]
     for tensor, weight in zip(tensors[1:], weights[1:]):
-        merged = torch.ops.prims.fma(tensor.to(torch.float32), weight, merged)
+        merged = _multiply_add(tensor.to(torch.float32), weight, merged)
     if normalize:
         merged = merged / total
     out.copy_(merged)
