@@ -119,7 +119,7 @@ def test_fused_ties_float32_and_three_models(monkeypatch):
 @pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties"])
 def test_fused_cuts_of_large_tied_tensors_equal_eager_bitwise(monkeypatch, name):
     """Tensors large enough for the bracketed selection, with magnitudes tied at every cut: the
-    fused cut (its tie position from the bracket's indices) keeps the eager code's entries."""
+    fused cut keeps the eager code's entries."""
     g = torch.Generator().manual_seed(8)
     base = torch.randn(400_000, generator=g) * 0.02
     tunes = [base + torch.randint(-9, 10, (400_000,), generator=g).float() * 1e-3 for _ in range(2)]

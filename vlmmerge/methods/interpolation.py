@@ -29,12 +29,11 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
     total = weights_t.sum()
     if normalize and total == 0:
         raise RecipeError(f"weight: linear merge with normalize=true needs weights that do not sum to 0; got {list(weights)}")
-    if dtype == torch.float32 and fused.writes_into_target(tensors[0].shape) and fused.wanted(*tensors) \
-            and _result_buffer(tensors[0].shape, dtype, tensors) is not None:
-        # a live candidate: one compiled pass into the parameter (a static merge's slices stay eager:
-        # the disk bounds them, and compiling would cost more than the pass saves)
-        return fused.linear(tensors, weights_t, total if normalize else None)
     out = _result_buffer(tensors[0].shape, dtype, tensors)  # one fresh tensor, not two
+    if _fused_into_parameter(out, tensors):
+        # one compiled pass (a static merge's slices stay eager: the disk bounds them, and
+        # compiling would cost more than the pass saves)
+        return fused.linear(tensors, weights_t, total if normalize else None)
     if out is None:
         merged = tensors[0].to(dtype, copy=True).mul_(weights_t[0])
     elif tensors[0].dtype == dtype:
@@ -80,8 +79,7 @@ def slerp(a: Tensor, b: Tensor, t: float, eps: float = 1e-8, dot_threshold: floa
         coef_a = math.sin((1.0 - t) * theta) / sin_theta
         coef_b = math.sin(t * theta) / sin_theta
     out = _result_buffer(a.shape, dtype, (a, b))
-    if out is not None and fused.writes_into_target(a.shape) and fused.wanted(a, b):
-        # a live candidate: a * c_a + b * c_b in one compiled pass (the eager pair's bits)
+    if _fused_into_parameter(out, (a, b)):  # a * c_a + b * c_b in one compiled pass (the eager pair's bits)
         return fused.linear([a, b], torch.tensor([coef_a, coef_b], dtype=torch.float32))
     return torch.mul(a, coef_a, out=out).add_(b, alpha=coef_b)
 
@@ -99,6 +97,11 @@ def _result_buffer(shape: torch.Size, dtype: torch.dtype, inputs: Sequence[Tenso
         return None
     out = fused.buffer("out", shape)
     return None if any(_shares_memory(out, tensor) for tensor in inputs) else out
+
+
+def _fused_into_parameter(out: Tensor | None, inputs: Sequence[Tensor]) -> bool:
+    """Whether a float32 result buffer is a live parameter that `fused.linear` may write in one pass."""
+    return out is not None and fused.writes_into_target(out.shape) and fused.wanted(*inputs)
 
 
 def _shares_memory(x: Tensor, y: Tensor) -> bool:
