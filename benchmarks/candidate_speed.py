@@ -55,7 +55,13 @@ LEAST_BYTES = {"linear": 12, "task_arithmetic": 16, "ties": 16, "breadcrumbs_tie
                "dare_linear": 40, "dare_ties": 40, "della": 56}
 
 
-def recipe(paths: dict[str, Path], weight: float, method: str = "dare_ties"):
+# Extra rows for the random methods: (mask_generator, whether the live model keeps the masks' uniforms).
+# Without the mask cache every candidate draws its masks afresh: what a 7B model's candidates do once
+# its two models' uniforms (56 GB) outgrow `LiveMerge.mask_cache_bytes`.
+MASK_VARIANTS = (("counter", True), ("torch", False), ("counter", False))
+
+
+def recipe(paths: dict[str, Path], weight: float, method: str = "dare_ties", mask_generator: str = "torch"):
     from vlmmerge.methods import get_method
     from vlmmerge.recipe import load_recipe
 
@@ -67,37 +73,62 @@ def recipe(paths: dict[str, Path], weight: float, method: str = "dare_ties"):
                             "models": [{"model": str(paths["vlm"])}], "parameters": {"t": weight}})
     return load_recipe({
         "merge_method": method, "base_model": str(paths["base"]), "dtype": "float32", "seed": 0,
+        "mask_generator": mask_generator,
         "models": [{"model": str(paths["vlm"]), "parameters": {"weight": 1.0, **extra, **({"density": 0.6} if extra else {})}},
                    {"model": str(paths["ja"]), "parameters": {"weight": weight, **extra}}],
     })
 
 
-def measure(paths: dict[str, Path], root: Path, method: str, repeats: int, language, floor: float) -> dict:
+def measure(paths: dict[str, Path], root: Path, method: str, repeats: int, floor: float,
+            mask_generator: str = "torch", mask_cache: bool = True) -> dict:
     """Seconds per candidate (best of `repeats`): live in place, and merged to disk + reloaded."""
     from transformers import AutoModelForImageTextToText
 
     from vlmmerge.engine import run_merge
     from vlmmerge.live import LiveMerge
 
-    live = LiveMerge([str(paths["base"]), str(paths["vlm"]), str(paths["ja"])], str(paths["vlm"]), load_processor=False)
+    live = LiveMerge([str(paths["base"]), str(paths["vlm"]), str(paths["ja"])], str(paths["vlm"]), load_processor=False,
+                     **({} if mask_cache else {"mask_cache_bytes": 0}))
     start = time.perf_counter()
-    live.apply(recipe(paths, 0.5, method))  # first candidate: reads the tensor cache, draws the kept masks, compiles
+    live.apply(recipe(paths, 0.5, method, mask_generator))  # first candidate: reads the tensor cache, draws the kept masks, compiles
     first = time.perf_counter() - start
     timings = {"live": [], "disk": []}
     for repeat in range(repeats):
         weight = 0.3 + 0.1 * repeat
         start = time.perf_counter()
-        live.apply(recipe(paths, weight, method))
+        live.apply(recipe(paths, weight, method, mask_generator))
         timings["live"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        out = root / f"merged-{method}-{repeat}"
-        run_merge(recipe(paths, weight, method), out, progress=False)
+        out = root / f"merged-{method}-{mask_generator}-{mask_cache}-{repeat}"
+        run_merge(recipe(paths, weight, method, mask_generator), out, progress=False)
         AutoModelForImageTextToText.from_pretrained(out)
         timings["disk"].append(time.perf_counter() - start)
     best = {k: min(v) for k, v in timings.items()}
-    return {"method": method, "live_s": best["live"], "disk_s": best["disk"], "floor_s": floor, "first_s": first,
+    label = method if (mask_generator, mask_cache) == ("torch", True) else \
+        f"{method}, {mask_generator} masks" + ("" if mask_cache else ", no mask cache")
+    return {"method": method, "label": label, "mask_generator": mask_generator, "mask_cache": mask_cache, "live_s": best["live"], "disk_s": best["disk"], "floor_s": floor, "first_s": first,
             "live_over_floor": best["live"] / floor, "disk_over_live": best["disk"] / best["live"],
             "kept_mask_mib": live.mask_bytes / 2**20, "kept_task_vector_mib": live.kept_bytes / 2**20}
+
+
+def mask_draw_ns(n: int = 1 << 24) -> dict[str, float]:
+    """Nanoseconds per float32 mask uniform (best of 3, one thread): torch's CPU generator, the counter hash."""
+    from vlmmerge.methods.counter_masks import fill
+
+    values = torch.empty(n)
+    generator = torch.Generator().manual_seed(0)
+    draws = {"torch": lambda: torch.rand(values.shape, generator=generator, out=values),
+             "counter": lambda: fill(values, 12345, 0)}
+    result = {}
+    for name, draw in draws.items():
+        draw()  # the counter kernel compiles on first use
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            draw()
+            times.append(time.perf_counter() - start)
+        result[name] = min(times) / n * 1e9
+    return result
 
 
 def main() -> None:
@@ -107,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated merge methods")
+    parser.add_argument("--mask-methods", default="dare_ties,della",
+                        help="random methods also measured with counter masks and without the mask cache ('' for none)")
     parser.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results" / "candidate_speed.json")
     parser.add_argument("--warm-compile", action="store_true",
@@ -138,12 +171,15 @@ def main() -> None:
             floors.append(time.perf_counter() - start)
         floor = min(floors)
         del live, base, delta, language
-        rows = [measure(paths, root, m, args.repeats, None, floor) for m in args.methods.split(",")]
+        draw_ns = mask_draw_ns()
+        rows = [measure(paths, root, m, args.repeats, floor) for m in args.methods.split(",")]
+        rows += [measure(paths, root, m, args.repeats, floor, generator, cache)
+                 for m in filter(None, args.mask_methods.split(",")) for generator, cache in MASK_VARIANTS]
 
     result = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores", "torch": torch.__version__, "threads": args.threads, "hidden": args.hidden,
               "layers": args.layers, "language_params_m": round(params_m, 1), "repeats": args.repeats,
-              "floor_s": floor, "fused": fused.mode(), "compile_cache": "warm" if args.warm_compile else "cold",
+              "floor_s": floor, "mask_draw_ns": draw_ns, "fused": fused.mode(), "compile_cache": "warm" if args.warm_compile else "cold",
               "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -161,7 +197,7 @@ def main() -> None:
         "| method | live candidate (s) | / floor | least traffic / floor's | merge to disk + reload (s) | disk / live "
         "| first candidate (s) | kept masks (MiB) | kept task vectors (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['method']} | {r['live_s']:.3f} | {r['live_over_floor']:.1f}x | "
+        *[f"| {r['label']} | {r['live_s']:.3f} | {r['live_over_floor']:.1f}x | "
           f"{LEAST_BYTES[r['method']] / 12:.1f}x | {r['disk_s']:.3f} | "
           f"{r['disk_over_live']:.1f}x | {r['first_s']:.2f} | {r['kept_mask_mib']:.0f} | "
           f"{r.get('kept_task_vector_mib', 0):.0f} |" for r in rows],
@@ -187,6 +223,13 @@ def main() -> None:
         "the host's own rows follow them. The live model's parameters leave the checkpoint's file mapping when it",
         "loads: overwriting those copy-on-write pages measured ~1.5x slower than memory of its own. On 2 cores every",
         "number here moves by ~20-40% between runs, the floor and the disk round trip most of all.",
+        "",
+        "Rows `counter masks` use `mask_generator: counter` (a keyed hash of the element index instead of torch's",
+        "CPU generator: `vlmmerge/methods/counter_masks.py`; other bits, the same meaning); rows `no mask cache`",
+        "keep no uniforms (`LiveMerge(mask_cache_bytes=0)`), so every candidate draws its masks afresh, as a 7B",
+        "model's candidates do past the cache. Mask draws alone, one thread: torch's generator "
+        f"{draw_ns['torch']:.1f} ns per uniform, the counter hash {draw_ns['counter']:.1f} ns (compiled; the same",
+        "numbers on any device, so a GPU merge draws them itself).",
     ]
     section = "\n".join(lines)
     from vlmmerge.docblocks import replace_marked_block

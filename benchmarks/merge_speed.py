@@ -29,11 +29,11 @@ from merge_speed_checkpoints import (  # noqa: E402
 )
 from merge_speed_report import DOC, RESULTS_END, RESULTS_START, markdown, summarise, write_doc  # noqa: E402
 from merge_speed_runs import (  # noqa: E402
-    METHODS, REPO, Benchmark, Run, io_floor, load_results, recipe_for, run_benchmark,
+    COUNTER_VARIANTS, METHODS, REPO, Benchmark, Run, io_floor, load_results, recipe_for, run_benchmark,
 )
 
 __all__ = [
-    "DEFAULT_CACHE", "DOC", "FINETUNE_STD", "INIT_STD", "METHODS", "MODEL_NAMES", "RESULTS_END", "RESULTS_START",
+    "COUNTER_VARIANTS", "DEFAULT_CACHE", "DOC", "FINETUNE_STD", "INIT_STD", "METHODS", "MODEL_NAMES", "RESULTS_END", "RESULTS_START",
     "SIZES", "Benchmark", "Run", "build_checkpoints", "io_floor", "load_results", "markdown", "recipe_for",
     "run_benchmark", "summarise", "write_doc",
 ]

@@ -68,6 +68,9 @@ def markdown(bench: Benchmark) -> str:
             f"{fmt(r['wall_vs_floor'], '.1f')}x | {fmt(r['ours_rss'], '.0f')} | {fmt(r['mergekit_rss'], '.0f')} | "
             f"**{fmt(r['rss_vs_mergekit'], '.2f')}x** |"
         )
+    if "dare_ties_counter" in bench.methods:
+        lines += ["", "dare_ties_counter: the dare_ties recipe with `mask_generator: counter` (vlmmerge's counter-hash "
+                  "masks, `vlmmerge/methods/counter_masks.py`); mergekit runs its dare_ties recipe."]
     if bench.agreement:
         parts = []
         for method, agreement in bench.agreement.items():

@@ -22,12 +22,17 @@ from merge_speed_checkpoints import MODEL_NAMES, build_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().with_name("merge_speed.py")
-METHODS = ("linear", "ties", "dare_ties")
+METHODS = ("linear", "ties", "dare_ties", "dare_ties_counter")
 DETERMINISTIC = ("linear", "ties")  # dare_ties draws its random masks differently in each tool
+# dare_ties with `mask_generator: counter` (vlmmerge's counter-hash masks); mergekit runs its dare_ties
+COUNTER_VARIANTS = {"dare_ties_counter": "dare_ties"}
 
 
-def recipe_for(method: str, paths: dict[str, Path]) -> dict:
+def recipe_for(method: str, paths: dict[str, Path], tool: str = "vlmmerge") -> dict:
     """One recipe per method over the same three checkpoints, written the way users write them."""
+    if method in COUNTER_VARIANTS:
+        recipe = recipe_for(COUNTER_VARIANTS[method], paths)
+        return {**recipe, "mask_generator": "counter"} if tool == "vlmmerge" else recipe
     base, ft1, ft2 = (str(paths[n]) for n in MODEL_NAMES)
     if method == "linear":
         return {
@@ -167,9 +172,9 @@ def settle(seconds: float = 3.0) -> None:
 
 
 def run_once(tool: str, method: str, repeat: int, paths: dict[str, Path], work: Path, log=print, keep: bool = False) -> Run:
-    recipe = work / f"{method}.yaml"
+    recipe = work / f"{method}-{tool}.yaml"
     if tool != "floor":
-        recipe.write_text(yaml.safe_dump(recipe_for(method, paths), sort_keys=False))
+        recipe.write_text(yaml.safe_dump(recipe_for(method, paths, tool), sort_keys=False))
     out = output_dir(work, tool, method)
     shutil.rmtree(out, ignore_errors=True)
     settle()

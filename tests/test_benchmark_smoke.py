@@ -54,10 +54,11 @@ def test_recipes_are_valid_for_both_tools(bench, tmp_path):
     paths = {name: tmp_path / name for name in bench.MODEL_NAMES}
     for method in bench.METHODS:
         recipe = load_recipe(bench.recipe_for(method, paths))
-        assert recipe.merge_method == method
+        assert recipe.merge_method == bench.COUNTER_VARIANTS.get(method, method)
         assert recipe.dtype == "bfloat16"
-        text = yaml.safe_dump(bench.recipe_for(method, paths))
-        assert "options" not in text and "seed" not in text  # plain mergekit keys only
+        assert recipe.mask_generator == ("counter" if method in bench.COUNTER_VARIANTS else "torch")
+        text = yaml.safe_dump(bench.recipe_for(method, paths, "mergekit"))
+        assert "options" not in text and "seed" not in text and "mask_generator" not in text  # plain mergekit keys only
     with pytest.raises(ValueError, match="unknown benchmark method"):
         bench.recipe_for("slerp", paths)
 
@@ -107,21 +108,29 @@ def test_candidate_speed_runs_tiny_and_writes_its_block_and_json(tmp_path, monke
     doc, out = tmp_path / "benchmarks.md", tmp_path / "candidate_speed.json"
     doc.write_text("# B\n\n<!-- candidate-speed:start -->\nSTALE BLOCK TEXT\n<!-- candidate-speed:end -->\n\n## After\nkeep me\n")
     monkeypatch.setattr(sys, "argv", ["candidate_speed.py", "--hidden", "64", "--layers", "1", "--repeats", "1",
-                                      "--methods", "dare_ties,linear", "--doc", str(doc), "--json", str(out)])
+                                      "--methods", "dare_ties,linear", "--mask-methods", "dare_ties",
+                                      "--doc", str(doc), "--json", str(out)])
     speed.main()
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["rows"]] == ["dare_ties", "linear"]
+    assert [r["label"] for r in result["rows"]] == [
+        "dare_ties", "linear", "dare_ties, counter masks", "dare_ties, torch masks, no mask cache",
+        "dare_ties, counter masks, no mask cache"]
     assert all(r["live_s"] > 0 and r["disk_s"] > 0 for r in result["rows"])
-    assert result["rows"][0]["kept_mask_mib"] > 0 and result["rows"][1]["kept_mask_mib"] == 0
+    kept = [r["kept_mask_mib"] > 0 for r in result["rows"]]
+    assert kept == [True, False, True, False, False]  # no mask cache: nothing kept
+    assert result["mask_draw_ns"]["torch"] > 0 and result["mask_draw_ns"]["counter"] > 0
     text = doc.read_text()
-    assert "| dare_ties |" in text and "keep me" in text and "STALE BLOCK TEXT" not in text
+    assert "| dare_ties |" in text and "| dare_ties, counter masks, no mask cache |" in text
+    assert "keep me" in text and "STALE BLOCK TEXT" not in text
 
 
 def test_search_throughput_estimate_and_table_from_measured_rows(tmp_path):
     throughput = _script("search_throughput")
     measured = tmp_path / "candidate_speed.json"
     measured.write_text(json.dumps({"rows": [{"method": "ties", "live_over_floor": 10.0, "kept_mask_mib": 0},
-                                             {"method": "dare_ties", "live_over_floor": 10.0, "kept_mask_mib": 5}]}))
+                                             {"method": "dare_ties", "live_over_floor": 10.0, "kept_mask_mib": 5},
+                                             {"method": "dare_ties", "label": "dare_ties, counter masks",
+                                              "live_over_floor": 99.0, "kept_mask_mib": 5}]}))
     estimate = throughput.estimate_7b(measured, ns_per_draw=10.0)
     floor = 7e9 * 2 * 3 / (throughput.GPU_BANDWIDTH_GBS * 1e9)
     assert estimate["floor_s"] == pytest.approx(floor)
@@ -130,6 +139,9 @@ def test_search_throughput_estimate_and_table_from_measured_rows(tmp_path):
     need, kept = 7e9 * 4 * 2, 4 * 1024**3
     masks = need / (throughput.PCIE_GBS * 1e9) + (need - kept) / 4 * 10e-9
     assert dare["masks_s"] == pytest.approx(masks) and dare["materialise_s"] == pytest.approx(10 * floor + masks)
+    counter = need / 4 * throughput.COUNTER_OPS_PER_UNIFORM / (throughput.GPU_INT32_TOPS * 1e12) \
+        + need * 2 / (throughput.GPU_BANDWIDTH_GBS * 1e9)
+    assert dare["counter_materialise_s"] == pytest.approx(10 * floor + counter) and ties["counter_masks_s"] == 0
     modes = [{"mode": "local", "startup_s": 0.1, "search_s": 6.0, "evals_per_min": 240.0, "median_candidate_s": 0.2},
              {"mode": "ray, 2 actor(s)", "startup_s": 6.0, "search_s": 3.0, "evals_per_min": 480.0,
               "median_candidate_s": 0.2}]

@@ -98,7 +98,7 @@ class LiveMerge:
     processor: object = field(init=False)
     last_apply_seconds: float = field(init=False, default=0.0)
     _checked: bool = field(init=False, default=False)
-    _uniforms: dict[tuple[int, str, int], DrawnUniforms] = field(init=False, default_factory=dict)
+    _uniforms: dict[tuple[int, str, int, str], DrawnUniforms] = field(init=False, default_factory=dict)
     _kept_bytes: int = field(init=False, default=0)
     _task_vectors: dict[tuple, KeptTaskVector] = field(init=False, default_factory=dict)
     _task_vector_bytes: int = field(init=False, default=0)
@@ -200,13 +200,15 @@ class LiveMerge:
         for (recipe seed, tensor, model), drawn on first use only."""
         if not plan.method.random:
             return None
-        seed = plan.recipe.seed
-        keys = [(seed, tensor.name, member.index) for member in plan.members]
+        seed, kind = plan.recipe.seed, plan.recipe.mask_generator
+        if kind == "counter" and torch.device(self.device).type != "cpu":
+            return None  # counter streams drawn on the device itself: cheaper than copying kept draws there
+        keys = [(seed, tensor.name, member.index, kind) for member in plan.members]
         new = sum(k not in self._uniforms for k in keys) * tensor.numel * 4
         if new and self._kept_bytes + new > self.mask_cache_bytes:
             return None  # fresh generators of the same seeds: the same masks
         self._kept_bytes += new
-        return [self._uniforms.setdefault(k, DrawnUniforms(mask_seed(*k))).rewind() for k in keys]
+        return [self._uniforms.setdefault(k, DrawnUniforms(mask_seed(*k[:3]), kind)).rewind() for k in keys]
 
     def _kept(self, plan: MergePlan, tensor) -> list[KeptTaskVector] | None:
         """Per member, its kept task vector of this tensor (same inputs, same bits), or None."""

@@ -1,4 +1,4 @@
-"""Merge recipes: mergekit's YAML form, plus vlmmerge's keys (`host`, `seed`, `options`, `evolve`).
+"""Merge recipes: mergekit's YAML form, plus vlmmerge's keys (`host`, `seed`, `mask_generator`, `options`, `evolve`).
 
 An existing mergekit recipe (`models:` form) loads unchanged. Parameter values follow mergekit:
 a scalar; a list of numbers interpolated linearly across layers at t = layer / (num_layers - 1)
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -69,6 +69,8 @@ class Recipe(BaseModel):
     # vlmmerge keys
     host: str | None = None
     seed: int = 0
+    # DARE / DELLA masks' numbers: torch's CPU generator, or a counter hash (vlmmerge.methods.counter_masks)
+    mask_generator: Literal["torch", "counter"] = "torch"
     options: MergeOptions = Field(default_factory=MergeOptions)
     evolve: dict[str, Any] | None = None  # validated by vlmmerge.search
     tune: dict[str, Any] | None = None  # learned merges (`vlmmerge tune`), validated by vlmmerge.tune.config

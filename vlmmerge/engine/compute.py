@@ -159,10 +159,12 @@ def place_rows(full: torch.Tensor, merged: torch.Tensor, host_value: torch.Tenso
         full[merged_rows:] = host_value[merged_rows:]
 
 
-def mask_generators_for(plan: MergePlan, tensor: TensorPlan) -> list[torch.Generator]:
-    """One CPU generator per member for a random method's masks, seeded by (recipe seed, tensor
-    name, the member's position in `models:`): a mask depends on nothing else in the merge."""
-    return mask_generators(plan.recipe.seed, tensor.name, [member.index for member in plan.members])
+def mask_generators_for(plan: MergePlan, tensor: TensorPlan) -> list:
+    """One generator per member for a random method's masks (the recipe's `mask_generator`: torch's
+    CPU generator or a counter stream), seeded by (recipe seed, tensor name, the member's position
+    in `models:`): a mask depends on nothing else in the merge."""
+    return mask_generators(plan.recipe.seed, tensor.name, [member.index for member in plan.members],
+                           plan.recipe.mask_generator)
 
 
 def merge_tensor(plan: MergePlan, tensor: TensorPlan, device: str = "cpu",

@@ -54,7 +54,7 @@ _lock = threading.Lock()
 _compiled: dict[tuple[str, bool], object] = {}
 _warm: set[tuple] = set()
 _broken: list[str] = []
-calls = {"merge": 0, "stage": 0, "linear": 0}  # fused kernel calls (tests check that the fused path ran)
+calls = {"merge": 0, "stage": 0, "linear": 0, "uniforms": 0}  # fused kernel calls (tests check that the fused path ran)
 def warmed_beside_others() -> bool:
     """Whether this process has run any GIL-releasing kernel (a static merge's) yet."""
     return any(key[-1] for key in _warm)

@@ -6,6 +6,10 @@ depends on nothing else in the merge: not on the other models' densities (a dens
 nothing), not on the order or the thread tensors are merged in, and not on the device the math
 runs on (the uniforms are drawn on the generator's device, the CPU for `mask_generators`, then
 moved). A higher density keeps a superset of a lower one's entries.
+
+A recipe's `mask_generator` picks the numbers: `torch` (the default: torch's CPU generator, seeded
+as above) or `counter` (`counter_masks`: a keyed hash of the element index, drawn on the merge's
+device; same meaning, other bits).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from vlmmerge.methods.counter_masks import CounterUniforms
+
+MASK_GENERATORS = ("torch", "counter")
 # One generator for every model in turn (mergekit's stream), one per model, or torch's global one.
-Generators = torch.Generator | Sequence[torch.Generator] | Sequence["DrawnUniforms"] | None
+Generators = torch.Generator | Sequence[torch.Generator] | Sequence["DrawnUniforms"] | Sequence[CounterUniforms] | None
 
 
 def mask_seed(seed: int, tensor: str, model: int) -> int:
@@ -29,24 +36,32 @@ def mask_seed(seed: int, tensor: str, model: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def mask_generators(seed: int, tensor: str, models: Sequence[int]) -> list[torch.Generator]:
-    """CPU generators, one per model, seeded by `mask_seed` (whatever device the merge runs on)."""
+def mask_generators(seed: int, tensor: str, models: Sequence[int],
+                    kind: str = "torch") -> list[torch.Generator] | list[CounterUniforms]:
+    """One generator per model, seeded by `mask_seed`: torch's CPU generators (whatever device the
+    merge runs on), or for `kind` "counter" counter streams (drawn on the merge's device)."""
+    if kind == "counter":
+        return [CounterUniforms(mask_seed(seed, tensor, model)) for model in models]
+    if kind != "torch":
+        raise ValueError(f"mask_generator {kind!r}: expected one of {', '.join(MASK_GENERATORS)}")
     return [torch.Generator(device="cpu").manual_seed(mask_seed(seed, tensor, model)) for model in models]
 
 
 class DrawnUniforms:
     """A mask generator whose draws are kept, for merging the same tensor again and again (live
     candidates of a search): its k-th draw after `rewind()` is the k-th draw of a fresh CPU
-    generator seeded with `seed`, drawn once, then handed out again (the same float32 numbers, so
-    the same masks). It costs 4 bytes per element drawn; it saves a random draw per merge."""
+    generator seeded with `seed` (of `kind`: torch's or a counter stream), drawn once, then handed
+    out again (the same float32 numbers, so the same masks). It costs 4 bytes per element drawn; it
+    saves a random draw per merge."""
 
     device = torch.device("cpu")
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, kind: str = "torch"):
         self.seed = seed
+        self.kind = kind
         self.draws: list[Tensor] = []
         self.position = 0
-        self._generator: torch.Generator | None = None
+        self._generator: torch.Generator | CounterUniforms | None = None
 
     def rewind(self) -> "DrawnUniforms":
         self.position = 0
@@ -59,8 +74,12 @@ class DrawnUniforms:
                 raise ValueError(f"draw {self.position} was of shape {tuple(values.shape)}, now {tuple(shape)}")
         else:
             if self._generator is None:
-                self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
-            values = torch.rand(shape, generator=self._generator, dtype=torch.float32)
+                self._generator = CounterUniforms(self.seed) if self.kind == "counter" \
+                    else torch.Generator(device="cpu").manual_seed(self.seed)
+            if isinstance(self._generator, CounterUniforms):
+                values = self._generator.next(shape)
+            else:
+                values = torch.rand(shape, generator=self._generator, dtype=torch.float32)
             self.draws.append(values)
         self.position += 1
         return values
@@ -72,7 +91,7 @@ class DrawnUniforms:
 
 def generator_for(generators: Generators, index: int, count: int) -> torch.Generator | None:
     """Model `index`'s generator: its own from a sequence of `count`, else the shared one."""
-    if generators is None or isinstance(generators, torch.Generator):
+    if generators is None or isinstance(generators, (torch.Generator, CounterUniforms, DrawnUniforms)):
         return generators
     if len(generators) != count:
         raise ValueError(f"expected {count} generators (one per model), got {len(generators)}")
@@ -87,12 +106,15 @@ def draw_uniforms(
 ) -> Tensor:
     """float32 uniforms in [0, 1) of `shape` on `device` (or in `out`).
 
-    With a generator they are drawn on the generator's own device and then moved, so the same
-    generator gives the same numbers whatever `device` is. Without one, torch's global generator
-    of `device` draws them (mergekit's stream, for parity checks).
+    With a torch generator they are drawn on the generator's own device and then moved, so the same
+    generator gives the same numbers whatever `device` is; a counter stream computes them where they
+    go (the same numbers anywhere). Without one, torch's global generator of `device` draws them
+    (mergekit's stream, for parity checks).
     """
     if out is not None and (out.dtype != torch.float32 or tuple(out.shape) != tuple(shape)):
         out = None
+    if isinstance(generator, CounterUniforms):
+        return generator.next(shape, device if device is not None else (out.device if out is not None else None), out)
     if isinstance(generator, DrawnUniforms):
         kept = generator.next(shape)
         if out is not None:
