@@ -106,7 +106,8 @@ def measure(paths: dict[str, Path], root: Path, method: str, repeats: int, floor
     best = {k: min(v) for k, v in timings.items()}
     label = method if (mask_generator, mask_cache) == ("torch", True) else \
         f"{method}, {mask_generator} masks" + ("" if mask_cache else ", no mask cache")
-    return {"method": method, "label": label, "mask_generator": mask_generator, "mask_cache": mask_cache, "live_s": best["live"], "disk_s": best["disk"], "floor_s": floor, "first_s": first,
+    return {"method": method, "label": label, "mask_generator": mask_generator, "mask_cache": mask_cache,
+            "live_s": best["live"], "disk_s": best["disk"], "floor_s": floor, "first_s": first,
             "live_over_floor": best["live"] / floor, "disk_over_live": best["disk"] / best["live"],
             "kept_mask_mib": live.mask_bytes / 2**20, "kept_task_vector_mib": live.kept_bytes / 2**20}
 

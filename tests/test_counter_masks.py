@@ -39,7 +39,7 @@ def test_uniforms_are_the_formula_eager_compiled_and_in_parts(monkeypatch, seed)
     n, start = 3001, 2**31 - 1000  # the index crosses the int32 sign boundary
     expected = _bits(_formula(seed, start, n))
     monkeypatch.setenv(fused.MODE_ENV, "off")
-    monkeypatch.setattr(counter_masks, "_EAGER_CHUNKS", {"cpu": 512})  # several eager steps, a tail
+    monkeypatch.setattr(counter_masks, "_CPU_CHUNK", 512)  # several eager steps, a tail
     eager = counter_masks.fill(torch.empty(n), seed, start)
     monkeypatch.setenv(fused.MODE_ENV, "on")
     monkeypatch.setenv(fused.MIN_ELEMENTS_ENV, "2")

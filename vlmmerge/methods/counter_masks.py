@@ -26,7 +26,7 @@ from vlmmerge.methods import fused
 _MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
 _SHIFTS = (16, 15, 16)
 STREAM_LENGTH = 1 << 32
-_EAGER_CHUNKS = {"cpu": 1 << 18}  # elements per eager step (bounds the integer temporaries)
+_CPU_CHUNK = 1 << 18  # elements per eager step (bounds the integer temporaries)
 _DEVICE_CHUNK = 1 << 24
 
 
@@ -66,29 +66,32 @@ def reference_uniform(seed: int, k: int) -> float:
     return (mix(mix((k & 0xFFFFFFFF) ^ k0) ^ k1) >> 8) * 2.0 ** -24
 
 
+def _int32(value: int, device: torch.device) -> Tensor:
+    return torch.tensor(_signed32(value), dtype=torch.int32, device=device)
+
+
 def fill(out: Tensor, seed: int, start: int) -> Tensor:
     """u_start .. u_{start + out.numel() - 1} of `seed` into the float32 tensor `out` (contiguous)."""
     n = out.numel()
     if start < 0 or start + n > STREAM_LENGTH:
         raise ValueError(f"counter mask stream of seed {seed}: uniforms {start}..{start + n} are past its "
                          f"{STREAM_LENGTH} (a tensor of more than 2**32 elements)")
-    flat = out.view(-1)
-    k0, k1 = (torch.tensor(_signed32(seed >> shift), dtype=torch.int32, device=out.device) for shift in (0, 32))
+    flat, device = out.view(-1), out.device
+    k0, k1 = _int32(seed, device), _int32(seed >> 32, device)
 
     def run(a: int, b: int) -> None:
-        offset = torch.tensor(_signed32(start + a), dtype=torch.int32, device=out.device)
         fused.calls["uniforms"] += 1
         with torch.no_grad():
-            fused._run("uniforms", _uniforms_kernel, ("uniforms", out.device.type), flat[a:b], k0, k1, offset)
+            fused._run("uniforms", _uniforms_kernel, ("uniforms",), fused.segment(flat, a, b), k0, k1,
+                       _int32(start + a, device))
 
-    if out.device.type == "cpu" and fused.enabled(n):
+    if device.type == "cpu" and fused.enabled(n):
         bounds = [0, *fused.split_points(n), n]
         fused.in_parts([functools.partial(run, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
         return out
-    step = _EAGER_CHUNKS.get(out.device.type, _DEVICE_CHUNK)
+    step = _CPU_CHUNK if device.type == "cpu" else _DEVICE_CHUNK
     for a in range(0, n, step):
-        b = min(n, a + step)
-        _uniforms_kernel(flat[a:b], k0, k1, torch.tensor(_signed32(start + a), dtype=torch.int32, device=out.device))
+        _uniforms_kernel(flat[a:a + step], k0, k1, _int32(start + a, device))
     return out
 
 

@@ -36,15 +36,20 @@ def mask_seed(seed: int, tensor: str, model: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def mask_generators(seed: int, tensor: str, models: Sequence[int],
-                    kind: str = "torch") -> list[torch.Generator] | list[CounterUniforms]:
-    """One generator per model, seeded by `mask_seed`: torch's CPU generators (whatever device the
-    merge runs on), or for `kind` "counter" counter streams (drawn on the merge's device)."""
+def seeded_generator(seed: int, kind: str = "torch") -> torch.Generator | CounterUniforms:
+    """A fresh mask generator of `kind` seeded with `seed`: torch's CPU generator (whatever device
+    the merge runs on) or a counter stream (drawn on the merge's device)."""
     if kind == "counter":
-        return [CounterUniforms(mask_seed(seed, tensor, model)) for model in models]
+        return CounterUniforms(seed)
     if kind != "torch":
         raise ValueError(f"mask_generator {kind!r}: expected one of {', '.join(MASK_GENERATORS)}")
-    return [torch.Generator(device="cpu").manual_seed(mask_seed(seed, tensor, model)) for model in models]
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def mask_generators(seed: int, tensor: str, models: Sequence[int],
+                    kind: str = "torch") -> list[torch.Generator] | list[CounterUniforms]:
+    """One generator per model of `kind` (`seeded_generator`), seeded by `mask_seed`."""
+    return [seeded_generator(mask_seed(seed, tensor, model), kind) for model in models]
 
 
 class DrawnUniforms:
@@ -74,12 +79,8 @@ class DrawnUniforms:
                 raise ValueError(f"draw {self.position} was of shape {tuple(values.shape)}, now {tuple(shape)}")
         else:
             if self._generator is None:
-                self._generator = CounterUniforms(self.seed) if self.kind == "counter" \
-                    else torch.Generator(device="cpu").manual_seed(self.seed)
-            if isinstance(self._generator, CounterUniforms):
-                values = self._generator.next(shape)
-            else:
-                values = torch.rand(shape, generator=self._generator, dtype=torch.float32)
+                self._generator = seeded_generator(self.seed, self.kind)
+            values = draw_uniforms(shape, self._generator)
             self.draws.append(values)
         self.position += 1
         return values
