@@ -17,7 +17,8 @@ from vlmmerge.methods import fused
 from vlmmerge.methods.fused import Delta
 from vlmmerge.methods.kept import KeptTaskVector, count_above, count_below
 from vlmmerge.methods.masks import DrawnUniforms, draw_uniforms
-from vlmmerge.methods.sparsify import _before_norm, _norm_of, _select, negligible, value_at_rank
+from vlmmerge.methods.selection import position_of_nth_equal, select_rank, value_at_rank
+from vlmmerge.methods.sparsify import _before_norm, _norm_of, negligible
 
 _ONE = torch.ones((), dtype=torch.float32)
 _SCAN_CHUNK = 1 << 20
@@ -61,20 +62,25 @@ def trim_delta(delta: Tensor, density: float, rescale_norm: str | None, scratch:
     if ordered is None:
         magnitudes = torch.abs(delta, out=scratch).reshape(-1)
         ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
+    equal_per_chunk = None
     if ordered is not None:
         threshold = ordered[n - k]
         n_below = count_below(ordered, threshold)
         n_equal = n - n_below - count_above(ordered, threshold)
     else:
-        threshold, n_below, n_equal = _select(magnitudes, n - k, counts=True)
+        threshold, n_below, n_equal, equal_per_chunk = select_rank(magnitudes, n - k, counts=True)
     if threshold <= 0:
         return plain(delta)
     below = torch.nextafter(threshold, torch.zeros_like(threshold))
     kept_equal = k - (n - n_below - n_equal)
     if kept_equal >= n_equal:
         cut = n
+    elif kept_equal <= 0:
+        cut = 0
+    elif magnitudes is not None:  # |delta| is still in `scratch`
+        cut = position_of_nth_equal(magnitudes, threshold, kept_equal, equal_per_chunk) + 1
     else:
-        cut = _nth_equal_magnitude(delta, threshold, kept_equal) + 1 if kept_equal > 0 else 0
+        cut = _nth_equal_magnitude(delta, threshold, kept_equal) + 1
     return Delta("trim", (delta, fused.scalar(below), fused.scalar(threshold), torch.tensor(cut, dtype=torch.int32)))
 
 

@@ -13,23 +13,14 @@ sort); breadcrumbs ranks ascending by (magnitude, index). mergekit 0.1.5 uses an
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from vlmmerge.errors import RecipeError
 from vlmmerge.methods.kept import KeptTaskVector, count_above, count_below
 from vlmmerge.methods.masks import dare_mask, draw_uniforms, keep_below  # noqa: F401  (dare_mask, draw_uniforms: re-exported)
+from vlmmerge.methods.selection import count_true, position_of_nth_equal, select_rank, value_at_rank
 
-# Below this many elements `torch.kthvalue` on the whole tensor is already cheap; above it (8x the
-# sample) the bracket is ~3x faster (a 0.8M-element MLP matrix: 10 ms instead of 32 ms), same answer.
-_DIRECT_SELECT_MAX = 1 << 17
-# Size of the deterministic sample that brackets the wanted rank in large tensors.
-_SAMPLE_SIZE = 1 << 14
-_CHUNK = 1 << 18
-_SCAN_CHUNK = 1 << 20
-_SAMPLE_SEED = 0x5EED
 # mergekit's tolerance below which an L1/L2/Linf norm is treated as zero (no rescaling).
 RESCALE_EPS = 1e-7
 
@@ -44,93 +35,6 @@ def negligible(norm: Tensor) -> bool:
     if eps is None:
         eps = _RESCALE_EPS_IN[norm.dtype] = float(torch.tensor(RESCALE_EPS, dtype=norm.dtype))
     return float(norm) < eps
-
-
-def _count(mask: Tensor) -> int:
-    return int(torch.count_nonzero(mask))
-
-
-def value_at_rank(values: Tensor, rank: int) -> Tensor:
-    """The value at 0-based ascending `rank` of a 1-D tensor: `torch.kthvalue(values, rank + 1)`.
-
-    For large tensors a fixed-seed random sample brackets the rank; one chunked pass counts the
-    values below the bracket and gathers those inside, and only these go to `kthvalue`. The
-    answer is exact: if the bracket misses (adversarial data), the whole tensor is searched. The
-    caller's random generator is never touched.
-    """
-    return _select(values, rank)[0]
-
-
-def _select(values: Tensor, rank: int, counts: bool = False) -> tuple[Tensor, int | None, int | None]:
-    """`value_at_rank`, plus (with `counts`) how many values are below it and equal to it.
-
-    The counts come from the bracket's candidates (every value equal to the answer lies inside
-    the bracket), so they cost no extra pass over a large tensor.
-    """
-    n = values.numel()
-    if not 0 <= rank < n:
-        raise ValueError(f"rank {rank} out of range for {n} values")
-    if n > _DIRECT_SELECT_MAX:
-        bracketed = _select_in_bracket(values, rank)
-        if bracketed is not None:
-            value, below, candidates = bracketed
-            if not counts:
-                return value, None, None
-            return value, below + _count(candidates < value), _count(candidates == value)
-    value = torch.kthvalue(values, rank + 1).values
-    if not counts:
-        return value, None, None
-    return value, _count(values < value), _count(values == value)
-
-
-def _select_in_bracket(values: Tensor, rank: int) -> tuple[Tensor, int, Tensor] | None:
-    """(value at `rank`, count below the bracket, the bracket's values), or None if the bracket misses."""
-    n = values.numel()
-    sampler = torch.Generator(device=values.device).manual_seed(_SAMPLE_SEED)
-    picks = torch.randint(n, (_SAMPLE_SIZE,), generator=sampler, device=values.device)
-    sample = values[picks].sort().values
-    q = rank / n
-    margin = 4.0 * math.sqrt(_SAMPLE_SIZE * q * (1.0 - q)) + 32.0
-    lo_index = int(q * _SAMPLE_SIZE - margin)
-    hi_index = int(math.ceil(q * _SAMPLE_SIZE + margin))
-    lo = sample[lo_index] if lo_index > 0 else None
-    hi = sample[hi_index] if hi_index < _SAMPLE_SIZE - 1 else None
-    if lo is None and hi is None:
-        return None
-    below = 0
-    inside_parts = []
-    # Chunks small enough to stay in cache and to reuse allocator memory.
-    for chunk in values.split(_CHUNK):
-        if lo is not None:
-            inside = chunk >= lo
-            below += chunk.numel() - _count(inside)
-            if hi is not None:
-                inside.logical_and_(chunk <= hi)
-        else:
-            inside = chunk <= hi
-        inside_parts.append(chunk[inside])
-    candidates = torch.cat(inside_parts)
-    del inside_parts
-    if not below <= rank < below + candidates.numel():
-        return None
-    return torch.kthvalue(candidates, rank - below + 1).values, below, candidates
-
-
-def _position_of_nth_equal(values: Tensor, target: Tensor, nth: int) -> int:
-    """Flat index of the `nth` (1-based) element equal to `target`, scanning chunk by chunk.
-
-    Stops at the chunk that holds it, so on average only the fraction of the tensor before it is read.
-    """
-    offset = 0
-    seen = 0
-    for chunk in values.split(_SCAN_CHUNK):
-        equal = chunk == target
-        count = _count(equal)
-        if seen + count >= nth:
-            return offset + int(torch.nonzero(equal).reshape(-1)[nth - seen - 1])
-        seen += count
-        offset += chunk.numel()
-    raise ValueError(f"fewer than {nth} elements equal {float(target)}")
 
 
 def rank_range_mask(values: Tensor, start: int, stop: int, ordered: Tensor | None = None) -> Tensor:
@@ -155,14 +59,14 @@ def rank_range_mask(values: Tensor, start: int, stop: int, ordered: Tensor | Non
             mask.logical_and_(flat <= hi)
     else:
         mask = flat <= hi
-    if _count(mask) != stop - start:
+    if count_true(mask) != stop - start:
         # Ties at a boundary value: drop the tied elements that rank outside [start, stop).
         if lo is not None:
-            excess_low = start - (count_below(ordered, lo) if ordered is not None else _count(flat < lo))
+            excess_low = start - (count_below(ordered, lo) if ordered is not None else count_true(flat < lo))
             if excess_low > 0:
                 mask[torch.nonzero(flat == lo).squeeze(1)[:excess_low]] = False
         if hi is not None:
-            excess_high = (n - stop) - (count_above(ordered, hi) if ordered is not None else _count(flat > hi))
+            excess_high = (n - stop) - (count_above(ordered, hi) if ordered is not None else count_true(flat > hi))
             if excess_high > 0:
                 mask[torch.nonzero(flat == hi).squeeze(1)[-excess_high:]] = False
     return mask.reshape(values.shape)
@@ -255,8 +159,9 @@ def top_k_magnitudes(magnitudes: Tensor, k: int, ordered: Tensor | None = None) 
         threshold = ordered[n - k]
         n_below = count_below(ordered, threshold)
         n_equal = n - n_below - count_above(ordered, threshold)
+        equal_per_chunk = None
     else:
-        threshold, n_below, n_equal = _select(flat, n - k, counts=True)
+        threshold, n_below, n_equal, equal_per_chunk = select_rank(flat, n - k, counts=True)
     if threshold <= 0:
         return magnitudes  # fewer than k nonzero entries: every nonzero entry is kept
     below_threshold = float(torch.nextafter(threshold, torch.zeros_like(threshold)))
@@ -266,7 +171,7 @@ def top_k_magnitudes(magnitudes: Tensor, k: int, ordered: Tensor | None = None) 
         return magnitudes
     # Keep the first `kept_equal` entries equal to the threshold: >= threshold before the
     # position just past the last kept one, > threshold from there on.
-    cut = _position_of_nth_equal(flat, threshold, kept_equal) + 1 if kept_equal > 0 else 0
+    cut = position_of_nth_equal(flat, threshold, kept_equal, equal_per_chunk) + 1 if kept_equal > 0 else 0
     torch.threshold_(flat[:cut], below_threshold, 0.0)
     torch.threshold_(flat[cut:], float(threshold), 0.0)
     return magnitudes
