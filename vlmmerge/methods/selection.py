@@ -53,11 +53,11 @@ class Selection(NamedTuple):
 def select_rank(values: Tensor, rank: int, counts: bool = False) -> Selection:
     """`value_at_rank`, plus (with `counts`) how many values are below it and equal to it.
 
-    The counts come from the bracket's candidates (every value equal to the answer lies inside
-    the bracket, gathered chunk by chunk: so are the equal ones' counts per chunk), so they cost no
-    extra pass over a large tensor. Where the sample's bracket holds
-    one value only (many equal magnitudes: the deltas of bf16 models), that value is checked with
-    two counts per chunk instead of gathering its copies (a fifth of a tensor, measured).
+    The counts come from the bracket's candidates, gathered chunk by chunk (every value equal to
+    the answer lies inside the bracket), so they and the equal ones' counts per chunk cost no extra
+    pass over a large tensor. Where the sample's bracket holds one value only (many equal
+    magnitudes: the deltas of bf16 models), that value is checked with two counts per chunk instead
+    of gathering its copies (a fifth of a tensor, measured).
     """
     n = values.numel()
     if not 0 <= rank < n:

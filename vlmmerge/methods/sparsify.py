@@ -3,7 +3,7 @@
 All functions take a delta tensor (finetuned - base) that the caller owns: they may modify it in
 place and return it (with `out`, a tensor of its shape and dtype, they write the result there and
 leave `delta` as it is: a kept task vector, `kept.py`; same operations, same bits). Selection never sorts a whole tensor: an exact rank threshold is found with
-`torch.kthvalue` on a small bracket located by a deterministic sample (see `value_at_rank`).
+`torch.kthvalue` on a small bracket located by a deterministic sample (see `selection.value_at_rank`).
 
 Ties at a rank boundary are broken by flat index, as a stable sort in mergekit's direction would
 order them: the TIES top-k keeps the lower indices among equal magnitudes (stable descending
