@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from vlmmerge.checkpoint import PlannedTensor, StreamingSafetensorsWriter, atomic_output_dir
 from vlmmerge.engine import compute
 from vlmmerge.engine.compute import merge_tensor, merged_slices, merges_in_slices
+from vlmmerge.engine.heap import HeapTrim
 from vlmmerge.engine.job import MergeJob
 from vlmmerge.engine.plan import MergePlan, TensorPlan
 from vlmmerge.engine.side_files import write_side_files
@@ -109,16 +110,7 @@ def _all_finite(value: torch.Tensor) -> bool:
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim  # glibc
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _find_malloc_trim()
+_HEAP = HeapTrim()  # one per process: glibc's arenas are too
 
 
 class _Workspaces:
@@ -187,10 +179,7 @@ def _merge_and_write_now(plan: MergePlan, tensor: TensorPlan, planned: PlannedTe
         value = merge_tensor(plan, tensor, device=device)
         writer.write(planned.name, value, convert=True, check=check)
         del value
-    if _MALLOC_TRIM is not None:
-        # glibc keeps freed blocks below its mmap threshold in per-thread arenas; without this the
-        # resident set grows by what the previous tensors left there (~15% at the peak).
-        _MALLOC_TRIM(0)
+    _HEAP.maybe_trim()
 
 
 def _run_pooled(plan, tensor, planned, writer, device, workspaces: _Workspaces | None, large: bool,
@@ -300,6 +289,8 @@ def execute_plan(
                 if workspaces is not None and take_large != phase:
                     workspaces.switch_to(take_large)
                     phase = take_large
+                if take_large:
+                    _HEAP.trim()  # what the typical tensors left goes back before the peak
                 job = (plan, tensor, planned, writer, device, workspaces, take_large, split)
                 in_flight[pool.submit(_run_pooled, *job)] = cost
                 used += cost
