@@ -286,11 +286,12 @@ def execute_plan(
                 tensor, planned, cost = plan.tensors[index], layout[index], costs[index]
                 room = workers - 1 if warming.is_alive() else workers  # the warm-up takes a core
                 collect(lambda: len(in_flight) >= room or used + cost > budget)
-                if workspaces is not None and take_large != phase:
-                    workspaces.switch_to(take_large)
+                if take_large != phase:
+                    if workspaces is not None:
+                        workspaces.switch_to(take_large)
+                    if take_large:
+                        _HEAP.trim()  # what the typical tensors left goes back before the peak
                     phase = take_large
-                if take_large:
-                    _HEAP.trim()  # what the typical tensors left goes back before the peak
                 job = (plan, tensor, planned, writer, device, workspaces, take_large, split)
                 in_flight[pool.submit(_run_pooled, *job)] = cost
                 used += cost
