@@ -107,6 +107,30 @@ def test_kept_inputs_stage_only_the_kept_norm_and_rescale_in_the_kernel(monkeypa
     assert kinds[-1] == [name.split("_")[0] + "_scaled"] * 2
 
 
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "dare_linear_linf", "della", "breadcrumbs_ties"])
+def test_static_deltas_are_written_with_their_magnitudes(monkeypatch, name):
+    """A static merge whose sparsifier reads |delta| (a cut, ranks, an L1 / Linf rescale) writes the
+    delta and |delta| in one pass and the kept entries with |kept| in one pass: no eager abs of a
+    delta and no eager norm is left, and the bits are the eager code's."""
+    from vlmmerge.methods import fused_deltas
+
+    fn, random = CASES[name]
+    base, tunes = _inputs(torch.bfloat16, seed=5)
+    expected = _run(monkeypatch, "off", fn, base, tunes, False, random)
+    staged = []
+    real_magnitudes = fused_deltas._magnitudes
+    monkeypatch.setattr(fused_deltas, "_magnitudes", lambda d, s, m: staged.append(m is not None) or real_magnitudes(d, s, m))
+
+    def eager_norm(*args):
+        raise AssertionError("an eager norm of a delta on the static fused path")
+
+    monkeypatch.setattr(fused_deltas, "_before_norm", eager_norm)
+    monkeypatch.setattr(fused_deltas, "_norm_of", eager_norm)
+    got = _run(monkeypatch, "on", fn, base, tunes, False, random)
+    assert torch.equal(_bits(got), _bits(expected)), f"{name}: {(got != expected).sum()} elements differ"
+    assert all(staged) and len(staged) == (0 if name.startswith("dare") else 2)
+
+
 def test_fused_ties_float32_and_three_models(monkeypatch):
     base, tunes = _inputs(torch.float32, models=3, seed=3)
     tunes[1] = tunes[1].to(torch.float16)  # mixed storage dtypes, as a recipe over differently stored models

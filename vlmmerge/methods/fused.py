@@ -339,25 +339,31 @@ def _piece(kind: str, params: tuple, start: int, stop: int, n: int) -> tuple:
 def stage(delta: Delta, base: Tensor | None, out: Tensor | None, magnitudes: Tensor | None = None) -> Tensor:
     """`delta`'s elementwise value written to `out` (and |value| to `magnitudes`); returns `out`
     (`magnitudes` when `out` is None: only |value| is written). `base`: only for kind "sub". An input
-    that is `out` itself is passed as the same tensor object (an in-place update: inputs that alias
-    otherwise may reuse a kernel compiled without aliasing)."""
+    that is `out` or `magnitudes` itself is passed as the same tensor object (an in-place update:
+    inputs that alias otherwise may reuse a kernel compiled without aliasing, or take dynamo's
+    synthetic-base path, which fails on views of higher-dimensional buffers)."""
     out_flat = flat(out) if out is not None else None
-    params = tuple(out_flat if out is not None and _same(t, out) else (flat(t) if t.dim() else t)
-                   for t in delta.tensors)
-    base_flat = flat(base) if delta.kind == "sub" else None
     magnitudes_flat = flat(magnitudes) if magnitudes is not None else None
+    params = tuple(out_flat if out is not None and _same(t, out)
+                   else magnitudes_flat if magnitudes is not None and _same(t, magnitudes)
+                   else (flat(t) if t.dim() else t) for t in delta.tensors)
+    base_flat = flat(base) if delta.kind == "sub" else None
     key = ("stage", delta.kind, magnitudes is None, out is None, tuple(t is out_flat for t in params),
-           _signature(*(t for t in (base_flat, *params) if t is not None)))
+           tuple(t is magnitudes_flat for t in params), _signature(*(t for t in (base_flat, *params) if t is not None)))
     n = (out_flat if out_flat is not None else magnitudes_flat).numel()
     splits = [] if delta.kind in _CUTS else split_points(n)
 
     def run_range(start: int, stop: int) -> None:
-        out_part = segment(out_flat, start, stop) if out_flat is not None else None
+        parts: dict[int, Tensor] = {}  # one segment per tensor object: `out` / `magnitudes` inputs stay themselves
 
-        def part(t: Tensor | None) -> Tensor | None:  # an input that is `out` stays the same object as it
+        def part(t: Tensor | None) -> Tensor | None:
             if t is None or not t.dim():
                 return t
-            return out_part if out_part is not None and t is out_flat else segment(t, start, stop)
+            if id(t) not in parts:
+                parts[id(t)] = segment(t, start, stop)
+            return parts[id(t)]
+
+        out_part = part(out_flat)
 
         calls["stage"] += 1
         with torch.no_grad():

@@ -23,8 +23,9 @@ from vlmmerge.methods.sparsify import _before_norm, _norm_of, negligible
 _ONE = torch.ones((), dtype=torch.float32)
 _SCAN_CHUNK = 1 << 20
 
-# fusable(delta, model_index, scratch, out) -> Delta | None (None: run the eager sparsifier)
-Fusable = Callable[[Tensor, int, Tensor, Tensor], Delta | None]
+# fusable(delta, model_index, scratch, out, magnitudes) -> Delta | None (None: run the eager sparsifier);
+# magnitudes: |delta|, already in `scratch` (written with the delta), or None
+Fusable = Callable[[Tensor, int, Tensor, Tensor, Tensor | None], Delta | None]
 
 
 def plain(delta: Tensor, ratio: Tensor = _ONE) -> Delta:
@@ -45,7 +46,7 @@ def _nth_equal_magnitude(delta: Tensor, target: Tensor, nth: int) -> int:
 
 
 def trim_delta(delta: Tensor, density: float, rescale_norm: str | None, scratch: Tensor,
-               kept: KeptTaskVector | None) -> Delta | None:
+               kept: KeptTaskVector | None, magnitudes: Tensor | None = None) -> Delta | None:
     """`sparsify.trim_to_density` (without rescaling) as a TIES cut: thresholds here, the cut in the kernel."""
     if rescale_norm is not None or delta.numel() == 0 or delta.numel() >= 2**31:
         return None
@@ -58,10 +59,11 @@ def trim_delta(delta: Tensor, density: float, rescale_norm: str | None, scratch:
     if k >= n:
         return plain(delta)
     ordered = kept.sorted if kept is not None and kept.sorted is not None and kept.sorted.numel() == n else None
-    magnitudes = None
     if ordered is None:
-        magnitudes = torch.abs(delta, out=scratch).reshape(-1)
+        magnitudes = _magnitudes(delta, scratch, magnitudes)
         ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
+    else:
+        magnitudes = None
     equal_per_chunk = None
     if ordered is not None:
         threshold = ordered[n - k]
@@ -85,7 +87,7 @@ def trim_delta(delta: Tensor, density: float, rescale_norm: str | None, scratch:
 
 
 def range_delta(delta: Tensor, density: float, gamma: float, rescale_norm: str | None, scratch: Tensor,
-                kept: KeptTaskVector | None) -> Delta | None:
+                kept: KeptTaskVector | None, magnitudes: Tensor | None = None) -> Delta | None:
     """`sparsify.trim_outliers` (without rescaling): ascending ranks [n_bottom, n_bottom + target) of
     |delta| kept, ties at each bound broken by flat index as `rank_range_mask` breaks them."""
     n = delta.numel()
@@ -99,10 +101,11 @@ def range_delta(delta: Tensor, density: float, gamma: float, rescale_norm: str |
     if stop <= start or (start == 0 and stop == n):
         return None  # all dropped or all kept: the eager code
     ordered = kept.sorted if kept is not None and kept.sorted is not None and kept.sorted.numel() == n else None
-    magnitudes = None
     if ordered is None:
-        magnitudes = torch.abs(delta, out=scratch).reshape(-1)
+        magnitudes = _magnitudes(delta, scratch, magnitudes)
         ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
+    else:
+        magnitudes = None
     at = (lambda rank: ordered[rank]) if ordered is not None else (lambda rank: value_at_rank(magnitudes, rank))
     below = (lambda v: count_below(ordered, v)) if ordered is not None else (lambda v: int((magnitudes < v).sum()))
     above = (lambda v: count_above(ordered, v)) if ordered is not None else (lambda v: int((magnitudes > v).sum()))
@@ -122,6 +125,19 @@ def range_delta(delta: Tensor, density: float, gamma: float, rescale_norm: str |
                            s(hi), s(torch.nextafter(hi, -infinity)), torch.tensor(cut_hi, dtype=torch.int32)))
 
 
+def _magnitudes(delta: Tensor, scratch: Tensor, staged: Tensor | None) -> Tensor:
+    """|delta| flat, in `scratch`: as staged with the delta, else computed now."""
+    return (staged if staged is not None else torch.abs(delta, out=scratch)).reshape(-1)
+
+
+def _norm_before(delta: Tensor, norm: str, scratch: Tensor, kept: KeptTaskVector | None,
+                 magnitudes: Tensor | None) -> Tensor:
+    """`sparsify._before_norm`, summing (or maxing) |delta| where it was staged: the same numbers."""
+    if magnitudes is not None and norm in ("l1", "linf"):
+        return magnitudes.sum() if norm == "l1" else magnitudes.max()
+    return _before_norm(delta, norm, scratch, kept)
+
+
 def _uniforms(shape: torch.Size, generator, device, scratch: Tensor) -> Tensor:
     """The uniforms `masks.keep_below` compares: kept draws where they lie, else drawn into `scratch`."""
     if isinstance(generator, DrawnUniforms):
@@ -136,16 +152,19 @@ def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | No
     When the kept entries' L1 / Linf norm can be staged in `scratch` and `delta` does not read
     `out` (a kept task vector: live candidates), only |kept| is written there and the kernel
     recomputes the keep and applies the factor (`<kind>_scaled`: x * mask * ratio, the eager
-    `mul(delta, keep).mul_(ratio)`, same bits); else the kept entries are written to `out` first."""
-    wants_magnitudes = scratch_free and rescale_norm in ("l1", "linf") and scratch.numel() > 0
+    `mul(delta, keep).mul_(ratio)`, same bits); else the kept entries are written to `out` first,
+    their magnitudes to `scratch` in the same pass (over the uniforms when they lie there: the
+    kernel is elementwise, each uniform is read before its place is written)."""
+    stages_magnitudes = rescale_norm in ("l1", "linf") and scratch.numel() > 0
+    wants_magnitudes = scratch_free and stages_magnitudes
     if wants_magnitudes and delta.kind in _SCALED and not any(fused._same(t, out) for t in delta.tensors):
         magnitudes = fused.stage(delta, base, None, scratch)
         after = magnitudes.sum() if rescale_norm == "l1" else magnitudes.max()
         if negligible(before) or negligible(after):
             return delta
         return Delta(_SCALED[delta.kind], (*delta.tensors, fused.scalar(before / after)))
-    fused.stage(delta, base, out, scratch if wants_magnitudes else None)
-    if wants_magnitudes:
+    fused.stage(delta, base, out, scratch if stages_magnitudes else None)
+    if stages_magnitudes:
         after = scratch.sum() if rescale_norm == "l1" else scratch.max()
     else:
         after = _norm_of(out, rescale_norm, scratch)
@@ -158,7 +177,7 @@ _SCALED = {"dare": "dare_scaled", "della": "della_scaled"}
 
 
 def dare_delta(delta: Tensor, density: float, generator, rescale_norm: str | None, scratch: Tensor, out: Tensor,
-               kept: KeptTaskVector | None) -> Delta | None:
+               kept: KeptTaskVector | None, magnitudes: Tensor | None = None) -> Delta | None:
     """`sparsify.dare_sparsify` with its mask applied in the kernel."""
     if density >= 1:
         return plain(delta)
@@ -166,7 +185,7 @@ def dare_delta(delta: Tensor, density: float, generator, rescale_norm: str | Non
         return None
     before = None
     if rescale_norm not in (None, "probability"):
-        before = _before_norm(delta, rescale_norm, scratch, kept)
+        before = _norm_before(delta, rescale_norm, scratch, kept, magnitudes)
     u = _uniforms(delta.shape, generator, delta.device, scratch)
     spec = Delta("dare_p" if rescale_norm == "probability" else "dare", (delta, u, fused.scalar(density)))
     if before is None:
@@ -175,7 +194,8 @@ def dare_delta(delta: Tensor, density: float, generator, rescale_norm: str | Non
 
 
 def della_delta(delta: Tensor, density: float, epsilon: float, generator, rescale_norm: str | None,
-                scratch: Tensor, out: Tensor, kept: KeptTaskVector | None) -> Delta | None:
+                scratch: Tensor, out: Tensor, kept: KeptTaskVector | None,
+                magnitudes: Tensor | None = None) -> Delta | None:
     """`della.della_sparsify` with its keep probabilities and mask computed in the kernel."""
     from vlmmerge.methods.della import _rank_fractions
 
@@ -188,10 +208,11 @@ def della_delta(delta: Tensor, density: float, epsilon: float, generator, rescal
             kept.rank_fractions = _rank_fractions(torch.abs(delta, out=scratch))
         fractions = kept.rank_fractions
     else:
-        fractions = _rank_fractions(torch.abs(delta, out=scratch))
+        magnitudes = _magnitudes(delta, scratch, magnitudes).view(delta.shape)
+        fractions = _rank_fractions(magnitudes)
     before = None
     if rescale_norm not in (None, "probability"):
-        before = _before_norm(delta, rescale_norm, scratch, kept)
+        before = _norm_before(delta, rescale_norm, scratch, kept, magnitudes)
     u = _uniforms(delta.shape, generator, delta.device, scratch)
     spec = Delta("della_p" if rescale_norm == "probability" else "della",
                  (delta, u, fractions, fused.scalar(epsilon), fused.scalar(density - epsilon)))
@@ -202,8 +223,11 @@ def della_delta(delta: Tensor, density: float, epsilon: float, generator, rescal
 
 def fused_task_arithmetic(base_in: Tensor, finetuned: Sequence[Tensor], weights_t: Tensor, entries: Sequence,
                           sparsify, fusable: Fusable | None, consensus: str | None, normalize: bool,
-                          lambda_: float) -> Tensor:
-    """`task_vectors.generalized_task_arithmetic` (float32 work dtype) on the fused path: same bits."""
+                          lambda_: float, magnitudes_first: bool = False) -> Tensor:
+    """`task_vectors.generalized_task_arithmetic` (float32 work dtype) on the fused path: same bits.
+
+    `magnitudes_first`: the fusable reads |delta| (a cut, a rank, a norm), so a delta computed here
+    is written with its magnitudes (in `scratch`), one pass instead of two."""
     shape, dtype = base_in.shape, torch.float32
     scratch = None
     deltas = []
@@ -215,14 +239,16 @@ def fused_task_arithmetic(base_in: Tensor, finetuned: Sequence[Tensor], weights_
         if scratch is None and sparsify is not None:
             scratch = fused.buffer(f"scratch{i}", shape)
         out = fused.buffer(f"delta{i}", shape)
+        magnitudes = None
         if entry is not None:
             delta = entry.task_vector(member, base_in, dtype)
         else:
-            delta = fused.stage(Delta("sub", (member,)), base_in, out)
+            magnitudes = scratch if magnitudes_first and sparsify is not None else None
+            delta = fused.stage(Delta("sub", (member,)), base_in, out, magnitudes)
         if sparsify is None:
             deltas.append(plain(delta))
             continue
-        spec = fusable(delta, i, scratch, out) if fusable is not None else None
+        spec = fusable(delta, i, scratch, out, magnitudes) if fusable is not None else None
         if spec is None:
             spec = plain(sparsify(delta, i, scratch, out) if entry is not None else sparsify(delta, i, scratch))
         if any(t is scratch for t in spec.tensors):

@@ -78,11 +78,13 @@ def generalized_task_arithmetic(
     normalize: bool = False,
     lambda_: float = 1.0,
     fusable: Fusable | None = None,
+    magnitudes_first: bool = False,
 ) -> Tensor:
     """The shared task-vector merge (see module docstring). Returns a new tensor.
 
-    `fusable(delta, i, scratch, out)`: `sparsify`'s elementwise rest as a `fused.Delta` (or None)
-    for the fused path (`fused.py`: one compiled pass, same bits), taken for large CPU tensors.
+    `fusable(delta, i, scratch, out, magnitudes)`: `sparsify`'s elementwise rest as a `fused.Delta`
+    (or None) for the fused path (`fused.py`: one compiled pass, same bits), taken for large CPU
+    tensors; `magnitudes_first`: it reads |delta| (`fused_deltas.fused_task_arithmetic`).
     """
     _check_lengths(finetuned, weight=weights)
     dtype = work_dtype(base, *finetuned)
@@ -92,7 +94,7 @@ def generalized_task_arithmetic(
     if finetuned and dtype == torch.float32 and consensus in (None, "sum", "count") and fused.wanted(base, *finetuned):
         entries = [kept(i, len(finetuned)) for i in range(len(finetuned))]
         return fused_task_arithmetic(base_in, finetuned, torch.tensor(list(weights), dtype=dtype), entries, sparsify,
-                                     fusable, consensus, normalize, lambda_)
+                                     fusable, consensus, normalize, lambda_, magnitudes_first)
     base = base.to(dtype)
     if not finetuned:
         return base.clone()
@@ -210,8 +212,9 @@ def ties(
         sparsify=lambda delta, i, scratch, out=None: trim_to_density(
             delta, densities[i], norm, scratch, kept(i, len(finetuned)), out
         ),
-        fusable=lambda delta, i, scratch, out: trim_delta(delta, densities[i], norm, scratch, kept(i, len(finetuned))),
-        consensus="sum", normalize=normalize, lambda_=lambda_,
+        fusable=lambda delta, i, scratch, out, m: trim_delta(delta, densities[i], norm, scratch,
+                                                             kept(i, len(finetuned)), m),
+        consensus="sum", magnitudes_first=norm is None, normalize=normalize, lambda_=lambda_,
     )
 
 
@@ -235,11 +238,11 @@ def _dare(
             delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
             kept(i, len(finetuned)),
         ),
-        fusable=lambda delta, i, scratch, out: dare_delta(
+        fusable=lambda delta, i, scratch, out, m: dare_delta(
             delta, densities[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
-            kept(i, len(finetuned)),
+            kept(i, len(finetuned)), m,
         ),
-        consensus=consensus, normalize=normalize, lambda_=lambda_,
+        consensus=consensus, magnitudes_first=norm in ("l1", "linf"), normalize=normalize, lambda_=lambda_,
     )
 
 
@@ -293,9 +296,9 @@ def _breadcrumbs(
         sparsify=lambda delta, i, scratch, out=None: trim_outliers(
             delta, densities[i], gammas[i], norm, scratch, kept(i, len(finetuned)), out
         ),
-        fusable=lambda delta, i, scratch, out: range_delta(delta, densities[i], gammas[i], norm, scratch,
-                                                           kept(i, len(finetuned))),
-        consensus=consensus, normalize=normalize, lambda_=lambda_,
+        fusable=lambda delta, i, scratch, out, m: range_delta(delta, densities[i], gammas[i], norm, scratch,
+                                                              kept(i, len(finetuned)), m),
+        consensus=consensus, magnitudes_first=norm is None, normalize=normalize, lambda_=lambda_,
     )
 
 
@@ -351,11 +354,11 @@ def _della(
             delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch,
             kept(i, len(finetuned)), out,
         ),
-        fusable=lambda delta, i, scratch, out: della_delta(
+        fusable=lambda delta, i, scratch, out, m: della_delta(
             delta, densities[i], epsilons[i], generator_for(generator, i, len(finetuned)), norm, scratch, out,
-            kept(i, len(finetuned)),
+            kept(i, len(finetuned)), m,
         ),
-        consensus=consensus, normalize=normalize, lambda_=lambda_,
+        consensus=consensus, magnitudes_first=True, normalize=normalize, lambda_=lambda_,
     )
 
 
