@@ -60,7 +60,7 @@ def trim_delta(delta: Tensor, density: float, rescale_norm: str | None, scratch:
         return plain(delta)
     ordered = kept.sorted if kept is not None and kept.sorted is not None and kept.sorted.numel() == n else None
     if ordered is None:
-        magnitudes = _magnitudes(delta, scratch, magnitudes)
+        magnitudes = _magnitudes(delta, scratch, magnitudes).reshape(-1)
         ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
     else:
         magnitudes = None
@@ -102,7 +102,7 @@ def range_delta(delta: Tensor, density: float, gamma: float, rescale_norm: str |
         return None  # all dropped or all kept: the eager code
     ordered = kept.sorted if kept is not None and kept.sorted is not None and kept.sorted.numel() == n else None
     if ordered is None:
-        magnitudes = _magnitudes(delta, scratch, magnitudes)
+        magnitudes = _magnitudes(delta, scratch, magnitudes).reshape(-1)
         ordered = kept.sorted_magnitudes(magnitudes) if kept is not None else None
     else:
         magnitudes = None
@@ -126,15 +126,20 @@ def range_delta(delta: Tensor, density: float, gamma: float, rescale_norm: str |
 
 
 def _magnitudes(delta: Tensor, scratch: Tensor, staged: Tensor | None) -> Tensor:
-    """|delta| flat, in `scratch`: as staged with the delta, else computed now."""
-    return (staged if staged is not None else torch.abs(delta, out=scratch)).reshape(-1)
+    """|delta| in `scratch`: as staged with the delta, else computed now."""
+    return staged if staged is not None else torch.abs(delta, out=scratch)
+
+
+def _magnitude_norm(magnitudes: Tensor, norm: str) -> Tensor:
+    """The L1 / Linf norm of what `magnitudes` holds the absolute values of (`sparsify._norm_of`'s reductions)."""
+    return magnitudes.sum() if norm == "l1" else magnitudes.max()
 
 
 def _norm_before(delta: Tensor, norm: str, scratch: Tensor, kept: KeptTaskVector | None,
                  magnitudes: Tensor | None) -> Tensor:
     """`sparsify._before_norm`, summing (or maxing) |delta| where it was staged: the same numbers."""
     if magnitudes is not None and norm in ("l1", "linf"):
-        return magnitudes.sum() if norm == "l1" else magnitudes.max()
+        return _magnitude_norm(magnitudes, norm)
     return _before_norm(delta, norm, scratch, kept)
 
 
@@ -159,13 +164,13 @@ def _rescaled(delta: Delta, before: Tensor, rescale_norm: str, base: Tensor | No
     wants_magnitudes = scratch_free and stages_magnitudes
     if wants_magnitudes and delta.kind in _SCALED and not any(fused._same(t, out) for t in delta.tensors):
         magnitudes = fused.stage(delta, base, None, scratch)
-        after = magnitudes.sum() if rescale_norm == "l1" else magnitudes.max()
+        after = _magnitude_norm(magnitudes, rescale_norm)
         if negligible(before) or negligible(after):
             return delta
         return Delta(_SCALED[delta.kind], (*delta.tensors, fused.scalar(before / after)))
     fused.stage(delta, base, out, scratch if stages_magnitudes else None)
     if stages_magnitudes:
-        after = scratch.sum() if rescale_norm == "l1" else scratch.max()
+        after = _magnitude_norm(scratch, rescale_norm)
     else:
         after = _norm_of(out, rescale_norm, scratch)
     if negligible(before) or negligible(after):
@@ -208,7 +213,7 @@ def della_delta(delta: Tensor, density: float, epsilon: float, generator, rescal
             kept.rank_fractions = _rank_fractions(torch.abs(delta, out=scratch))
         fractions = kept.rank_fractions
     else:
-        magnitudes = _magnitudes(delta, scratch, magnitudes).view(delta.shape)
+        magnitudes = _magnitudes(delta, scratch, magnitudes)
         fractions = _rank_fractions(magnitudes)
     before = None
     if rescale_norm not in (None, "probability"):
